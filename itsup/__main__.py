@@ -1,0 +1,3 @@
+from itsup.cli.main import run
+
+run()

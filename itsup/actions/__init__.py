@@ -1,0 +1,1 @@
+"""The verbs of itsup as plain functions: no terminal, no argument parsing."""

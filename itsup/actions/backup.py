@@ -1,0 +1,213 @@
+"""`itsup backup`: one generation of the host's state, streamed to a target.
+
+The path, top to bottom:
+
+    walk -> tar (per-file SHA-256) -> gzip (ISA-L, threads) -> age (optional)
+         -> SHA-256 of the object -> multipart upload (parts in flight)
+
+Order of writes (docs/design.md): archive object (committed only when the
+stream is whole), file index, manifest (the commit marker: a generation
+without it is never offered for restore), then the `latest` alias.
+"""
+
+from __future__ import annotations
+
+import io
+import logging
+import socket
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+import pyrage
+from isal import igzip_threaded
+
+from itsup import __version__
+from itsup.errors import StorageError
+from itsup.generation import LATEST, archive_suffix, generation_name, index_suffix, scan
+from itsup.host import Host
+from itsup.layout import STATE_DIRS
+from itsup.lock import host_lock
+from itsup.manifest import IndexWriter, Manifest, ObjectRef
+from itsup.pipeline.archive import Problem, Selection, Stats, write_archive
+from itsup.pipeline.crypt import EncryptingWriter, parse_recipient
+from itsup.pipeline.stream import HashingWriter
+from itsup.storage import Target
+
+log = logging.getLogger("itsup.backup")
+MiB = 1024 * 1024
+
+
+@dataclass
+class BackupResult:
+    generation: str
+    target: str
+    archive_key: str
+    archive_size: int
+    stats: Stats
+    seconds: float
+    latest_key: str
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def partial(self) -> bool:
+        return bool(self.stats.problems)
+
+
+def _unique_name(target: Target, prefix: str, now: datetime) -> str:
+    taken = {g.name for g in scan(target, prefix, load_manifests=False)}
+    name = generation_name(now)
+    while name in taken:  # two runs within one second: take the next free second
+        now = now.fromtimestamp(now.timestamp() + 1, UTC)
+        name = generation_name(now)
+    return name
+
+
+def _open_compressor(sink: Any, codec: str, level: int, threads: int) -> Any:
+    if codec == "gzip":
+        return igzip_threaded.open(sink, "wb", compresslevel=level, threads=threads, block_size=MiB)
+    return io.BufferedWriter(sink, MiB)
+
+
+def _abandon(stream: Any) -> None:
+    """Stop a compressor's threads after a failure without finishing its output."""
+    raw = getattr(stream, "raw", None)
+    stop = getattr(raw, "stop", None)
+    if stop is not None:
+        try:
+            stop()
+        except Exception:
+            log.debug("stopping compressor", exc_info=True)
+
+
+def run_backup(
+    host: Host,
+    *,
+    target_choice: str | None = None,
+    on_bytes: Callable[[int], None] | None = None,
+    now: datetime | None = None,
+) -> BackupResult:
+    """Write one complete generation of upstream/ and proxy/ to the target."""
+    cfg = host.config.backup
+    target, prefix = host.target(target_choice)
+    with host_lock(host.layout.lock_file):
+        started = time.monotonic()
+        start_time = now or datetime.now(UTC)
+        stale = target.cleanup_incomplete(prefix)
+        if stale:
+            log.info("discarded %d unfinished upload(s) left by an interrupted run", stale)
+        name = _unique_name(target, prefix, start_time)
+        compression = cfg.compression_settings
+        encrypted = cfg.encryption is not None
+        recipients = (
+            [parse_recipient(r) for r in cfg.encryption.recipients] if cfg.encryption else []
+        )
+        suffix = archive_suffix(compression.codec, encrypted)
+        archive_key = f"{prefix}{name}{suffix}"
+        selection = Selection(STATE_DIRS, tuple(cfg.exclude), cfg.include_volumes)
+        log.info("backup %s started: %s -> %s", name, host.layout.root, target.name)
+
+        index = IndexWriter()
+        writer = target.open_writer(archive_key)
+        compressor = None
+        try:
+            hashed = HashingWriter(writer)
+            encryptor = EncryptingWriter(hashed, recipients) if encrypted else None
+            compressor = _open_compressor(
+                encryptor or hashed, compression.codec, compression.level, compression.threads
+            )
+            stats = write_archive(host.layout.root, selection, compressor, index.add, on_bytes)
+            compressor.close()
+            if encryptor is not None:
+                encryptor.close()
+            size = writer.commit()
+        except BaseException:
+            if compressor is not None:
+                _abandon(compressor)
+            writer.abort()
+            raise
+        archive = ObjectRef(archive_key, size, hashed.sha256.hexdigest())
+        if stats.files + stats.dirs + stats.symlinks == 0:
+            log.warning("nothing to back up: neither upstream/ nor proxy/ holds anything")
+
+        index_bytes = index.finish()
+        if encrypted:
+            index_bytes = pyrage.encrypt(index_bytes, recipients)
+        index_key = f"{prefix}{name}{index_suffix(encrypted)}"
+        target.put(index_key, index_bytes)
+        import hashlib
+
+        index_ref = ObjectRef(index_key, len(index_bytes), hashlib.sha256(index_bytes).hexdigest())
+
+        seconds = time.monotonic() - started
+        manifest = Manifest(
+            generation=name,
+            host=socket.gethostname(),
+            root=str(host.layout.root),
+            started=start_time.isoformat(timespec="seconds"),
+            finished=datetime.now(UTC).isoformat(timespec="seconds"),
+            duration_seconds=round(seconds, 3),
+            archive=archive,
+            index=index_ref,
+            compression=compression.codec,
+            encryption={"scheme": "age", "recipients": list(cfg.encryption.recipients)}
+            if cfg.encryption
+            else None,
+            roots=[r for r in STATE_DIRS if (host.layout.root / r).exists()],
+            include_volumes=cfg.include_volumes,
+            files=stats.files,
+            dirs=stats.dirs,
+            symlinks=stats.symlinks,
+            source_bytes=stats.bytes,
+            partial=bool(stats.problems),
+            problems=[p.as_dict() for p in stats.problems + stats.skipped],
+            tool_version=__version__,
+        )
+        target.put(f"{prefix}{name}.manifest.json", manifest.to_bytes())  # the commit marker
+
+        latest_key = f"{prefix}{LATEST}{suffix}"
+        warnings = _update_latest(target, prefix, archive_key, latest_key)
+        for problem in stats.problems:
+            log.warning("partial: %s: %s", problem.path, problem.problem)
+        for note in stats.skipped:
+            log.info("note: %s: %s", note.path, note.problem)
+        result = BackupResult(
+            name,
+            target.name,
+            archive_key,
+            size,
+            stats,
+            time.monotonic() - started,
+            latest_key,
+            warnings,
+        )
+        log.info(
+            "backup %s finished: %d files, %d bytes stored as %d bytes in %.1f s%s",
+            name,
+            stats.files,
+            stats.bytes,
+            size,
+            result.seconds,
+            " (PARTIAL)" if result.partial else "",
+        )
+        return result
+
+
+def _update_latest(target: Target, prefix: str, archive_key: str, latest_key: str) -> list[str]:
+    """Point `latest` at the new archive; a stale alias of another format is removed."""
+    try:
+        target.copy(archive_key, latest_key)
+    except StorageError as exc:
+        raise StorageError(
+            f"the backup is complete, but {latest_key} could not be updated: {exc.message}"
+        ) from None
+    for other in (".tar.gz", ".tar.gz.age", ".tar", ".tar.age"):
+        key = f"{prefix}{LATEST}{other}"
+        if key != latest_key:
+            target.delete(key)
+    return []
+
+
+__all__ = ["BackupResult", "Problem", "run_backup"]

@@ -1,0 +1,334 @@
+"""`itsup restore`: bring back all or part of a generation, safely.
+
+Stage, then swap: the archive is streamed into a staging folder beside the
+destination while its SHA-256 is computed; only when the whole object has
+been read, decoded and found identical to what the manifest records are the
+staged paths moved into place (renames on one filesystem), each replaced
+path first set aside so that a failure rolls everything back.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import io
+import logging
+import os
+import secrets
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, BinaryIO
+
+import pyrage
+from isal import igzip_threaded
+
+from itsup.errors import IntegrityError, ItsupError, NotFoundError, UsageError
+from itsup.generation import Generation, scan, select_generation
+from itsup.host import Host
+from itsup.manifest import Entry, Manifest, read_index
+from itsup.pipeline.crypt import decrypting_reader, default_identity_file, load_identities
+from itsup.pipeline.extract import Extractor
+from itsup.pipeline.stream import GuardedReader, HashingReader
+from itsup.storage import Target
+
+log = logging.getLogger("itsup.restore")
+MiB = 1024 * 1024
+STAGING_MARK = ".itsup-restore-"
+
+
+@dataclass(frozen=True)
+class Scope:
+    """What part of a generation to restore, as a path prefix ("" for all)."""
+
+    prefix: str
+    label: str
+
+    def selects(self, path: str) -> bool:
+        return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
+
+    def ancestor(self, path: str) -> bool:
+        return bool(self.prefix) and self.prefix.startswith(path + "/")
+
+
+def scope_for(what: str | None, path: str | None, root: Path) -> Scope:
+    if path is not None:
+        if what not in (None, "all"):
+            raise UsageError(
+                "give either a restore target (all, proxy, PROJECT) or --path, not both"
+            )
+        p = Path(path)
+        if p.is_absolute():
+            try:
+                p = p.relative_to(root)
+            except ValueError:
+                raise UsageError(f"--path {path}: not inside the host root {root}") from None
+        parts = [x for x in p.as_posix().split("/") if x not in ("", ".")]
+        if not parts or ".." in parts:
+            raise UsageError(
+                f"--path {path}: give a path inside the backup, such as proxy/traefik/acme.json"
+            )
+        return Scope("/".join(parts), "/".join(parts))
+    if what in (None, "all"):
+        return Scope("", "everything")
+    if what == "proxy":
+        return Scope("proxy", "proxy/")
+    if "/" in what or what in (".", ".."):
+        raise UsageError(f"{what!r} is not a project name; use --path for a file or folder")
+    return Scope(f"upstream/{what}", f"project {what} (upstream/{what})")
+
+
+@dataclass
+class Change:
+    path: str
+    kind: str  # "new" | "replace" | "same"
+
+
+@dataclass
+class RestorePlan:
+    generation: Generation
+    manifest: Manifest
+    scope: Scope
+    dest: Path
+    index_bytes: bytes
+    identities: list[Any]
+    target: Target
+    changes: list[Change] = field(default_factory=list)
+
+    def entries(self) -> Iterator[Entry]:
+        return read_index(io.BytesIO(self.index_bytes), self.manifest.index.key)
+
+    @property
+    def overwrites(self) -> int:
+        return sum(1 for c in self.changes if c.kind == "replace")
+
+
+@dataclass
+class RestoreResult:
+    generation: str
+    dest: Path
+    files: int
+    dirs: int
+    symlinks: int
+    bytes: int
+    seconds: float
+    archive_bytes: int
+
+
+def _identities(host: Host, manifest: Manifest) -> list[Any]:
+    if not manifest.encrypted:
+        return []
+    enc = host.config.backup.encryption
+    return load_identities(default_identity_file(enc.identity_file if enc else None))
+
+
+def load_index(target: Target, manifest: Manifest, identities: list[Any]) -> bytes:
+    """Fetch the file index, check it against the manifest, decrypt it if needed."""
+    ref = manifest.index
+    try:
+        data = target.get(ref.key)
+    except NotFoundError:
+        raise IntegrityError(
+            f"{manifest.generation}: its file index {ref.key} is missing"
+        ) from None
+    if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
+        raise IntegrityError(
+            f"{manifest.generation}: its file index {ref.key} does not match the manifest"
+        )
+    if manifest.encrypted:
+        try:
+            data = pyrage.decrypt(data, identities)
+        except pyrage.DecryptError as exc:
+            raise IntegrityError(
+                f"{manifest.generation}: cannot decrypt its file index ({exc})"
+            ) from None
+    return data
+
+
+def _compare(entry: Entry, dest: Path) -> str:
+    try:
+        st = os.lstat(dest / entry.path)
+    except FileNotFoundError:
+        return "new"
+    import stat as st_mod
+
+    kind = (
+        "dir" if st_mod.S_ISDIR(st.st_mode) else "symlink" if st_mod.S_ISLNK(st.st_mode) else "file"
+    )
+    if kind != entry.type:
+        return "replace"
+    if entry.type == "dir":
+        return "same"
+    same = st.st_mtime_ns == entry.mtime_ns and st_mod.S_IMODE(st.st_mode) == entry.mode
+    if entry.type == "file":
+        same = same and st.st_size == entry.size
+    else:
+        same = os.readlink(dest / entry.path) == entry.link
+    return "same" if same else "replace"
+
+
+def plan_restore(
+    host: Host,
+    what: str | None = None,
+    *,
+    path: str | None = None,
+    generation: str | None = None,
+    to: str | None = None,
+    target_choice: str | None = None,
+) -> RestorePlan:
+    """Pick the generation, load its index, and work out what a restore would change."""
+    target, prefix = host.target(target_choice)
+    gen = select_generation(scan(target, prefix), generation)
+    assert gen.manifest is not None
+    manifest = gen.manifest
+    scope = scope_for(what, path, host.layout.root)
+    identities = _identities(host, manifest)
+    index_bytes = load_index(target, manifest, identities)
+    dest = Path(to).expanduser().resolve() if to else host.layout.root
+    plan = RestorePlan(gen, manifest, scope, dest, index_bytes, identities, target)
+    matched = False
+    for entry in plan.entries():
+        if scope.selects(entry.path):
+            matched = True
+            plan.changes.append(Change(entry.path, _compare(entry, dest)))
+    if not matched:
+        known = sorted(
+            {
+                e.path.split("/")[1]
+                for e in plan.entries()
+                if e.path.startswith("upstream/") and e.path.count("/") >= 1
+            }
+        )
+        hint = f"projects in this backup: {', '.join(known)}" if known else None
+        raise UsageError(f"{scope.label}: not in backup {manifest.generation}", hint=hint)
+    return plan
+
+
+def _open_archive(plan: RestorePlan) -> tuple[BinaryIO, HashingReader]:
+    what = plan.manifest.archive.key
+    raw = plan.target.open_reader(what)
+    hashed = HashingReader(raw)
+    stream: Any = io.BufferedReader(hashed, MiB)
+    if plan.manifest.encrypted:
+        stream = decrypting_reader(stream, plan.identities, what)
+    if plan.manifest.compression == "gzip":
+        stream = igzip_threaded.open(GuardedReader(stream, what), "rb", threads=1, block_size=MiB)
+    return io.BufferedReader(GuardedReader(stream, what), MiB), hashed
+
+
+def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None) -> RestoreResult:
+    """Stream the generation into a staging folder, verify it, then swap it into place."""
+    started = time.monotonic()
+    manifest = plan.manifest
+    plan.dest.mkdir(parents=True, exist_ok=True)
+    token = secrets.token_hex(4)
+    staging = plan.dest / f"{STAGING_MARK}{token}"
+    aside = plan.dest / f"{STAGING_MARK}{token}.old"
+    staging.mkdir(mode=0o700)
+    try:
+        stream, hashed = _open_archive(plan)
+        try:
+            extractor = Extractor(
+                staging,
+                lambda p: plan.scope.selects(p) or plan.scope.ancestor(p),
+                restore_owner=os.geteuid() == 0,
+                expected=plan.entries(),
+                on_bytes=on_bytes,
+            )
+            stats = extractor.run(stream)
+            hashed.drain()
+        finally:
+            with contextlib.suppress(Exception):
+                stream.close()
+        ref = manifest.archive
+        if hashed.size != ref.size or hashed.sha256.hexdigest() != ref.sha256:
+            raise IntegrityError(
+                f"{ref.key}: SHA-256 does not match the manifest of {manifest.generation} "
+                f"({hashed.size} bytes read, {ref.size} recorded); nothing was restored"
+            )
+        swap_into_place(staging, plan.dest, aside, plan.scope)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+        shutil.rmtree(aside, ignore_errors=True)
+    seconds = time.monotonic() - started
+    log.info(
+        "restored %s (%s) from %s into %s: %d files, %d bytes in %.1f s",
+        plan.scope.label,
+        manifest.generation,
+        plan.target.name,
+        plan.dest,
+        stats.files,
+        stats.bytes,
+        seconds,
+    )
+    return RestoreResult(
+        manifest.generation,
+        plan.dest,
+        stats.files,
+        stats.dirs,
+        stats.symlinks,
+        stats.bytes,
+        seconds,
+        manifest.archive.size,
+    )
+
+
+def swap_into_place(staging: Path, dest: Path, aside: Path, scope: Scope) -> None:
+    """Move staged paths into `dest`, setting replaced ones aside; undo all on failure."""
+    journal: list[tuple[str, str]] = []  # ("in" | "aside", relative path)
+
+    def set_aside(rel: str) -> None:
+        (aside / rel).parent.mkdir(parents=True, exist_ok=True)
+        os.rename(dest / rel, aside / rel)
+        journal.append(("aside", rel))
+
+    def move_in(rel: str) -> None:
+        os.rename(staging / rel, dest / rel)
+        journal.append(("in", rel))
+
+    def visit(rel: str) -> None:
+        src, dst = staging / rel, dest / rel
+        src_is_dir = src.is_dir() and not src.is_symlink()
+        if not os.path.lexists(dst):
+            move_in(rel)
+            return
+        dst_is_dir = dst.is_dir() and not dst.is_symlink()
+        if src_is_dir and dst_is_dir:
+            for child in sorted(os.listdir(src)):
+                visit(f"{rel}/{child}")
+            if scope.selects(rel):
+                st = os.lstat(src)
+                os.chmod(dst, st.st_mode & 0o7777)
+                with contextlib.suppress(PermissionError):
+                    os.chown(dst, st.st_uid, st.st_gid) if os.geteuid() == 0 else None
+                os.utime(dst, ns=(st.st_mtime_ns, st.st_mtime_ns))
+            return
+        set_aside(rel)
+        move_in(rel)
+
+    try:
+        for top in sorted(os.listdir(staging)):
+            visit(top)
+    except BaseException:
+        for action, rel in reversed(journal):
+            with contextlib.suppress(OSError):
+                if action == "in":
+                    os.rename(dest / rel, staging / rel)
+                else:
+                    os.rename(aside / rel, dest / rel)
+        raise
+    for action, rel in journal:
+        if action == "aside":
+            log.debug("replaced %s", rel)
+
+
+def find_leftovers(dest: Path) -> list[Path]:
+    """Staging folders left by a restore that was killed (safe to delete)."""
+    if not dest.is_dir():
+        return []
+    return [p for p in dest.iterdir() if p.name.startswith(STAGING_MARK)]
+
+
+__all__ = ["ItsupError", "RestorePlan", "RestoreResult", "plan_restore", "run_restore"]

@@ -1,0 +1,1 @@
+"""The `itsup` command: parse, call an action, render. Nothing here moves bytes."""

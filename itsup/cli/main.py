@@ -1,0 +1,102 @@
+"""Entry point: the one place where errors become exit codes."""
+
+from __future__ import annotations
+
+import logging
+import signal
+import sys
+from typing import Any
+
+import click
+
+from itsup import __version__
+from itsup.cli.output import err
+from itsup.errors import ConfigError, ExitCode, Interrupted, ItsupError
+from itsup.log import configure
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option(
+    "--root",
+    type=click.Path(file_okay=False),
+    envvar="ITSUP_ROOT",
+    help="Host root (folder holding projects/itsup.yml). Default: ITSUP_ROOT, "
+    "else the nearest parent of the current folder that has one.",
+)
+@click.option(
+    "-v", "--verbose", is_flag=True, help="Say what happens, also when not on a terminal."
+)
+@click.version_option(__version__, prog_name="itsup")
+@click.pass_context
+def cli(ctx: click.Context, root: str | None, verbose: bool) -> None:
+    """Backup and disaster recovery for a Docker Compose + Traefik host.
+
+    \b
+    Exit codes: 0 success, 1 failure, 2 usage, 3 partial backup, 4 config,
+    5 damaged or hostile backup, 6 storage unreachable, 11 locked,
+    130 interrupted.
+    """
+    configure(verbose)
+    ctx.obj = {"root": root, "verbose": verbose}
+
+
+def _register() -> None:
+    from itsup.cli import backup, restore
+
+    cli.add_command(backup.backup)
+    cli.add_command(restore.restore)
+
+
+_register()
+
+
+def _on_signal(signum: int, _frame: Any) -> None:
+    raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+
+
+def _report(exc: ItsupError) -> None:
+    if isinstance(exc, ConfigError) and len(exc.problems) > 1:
+        err.print(f"itsup: error: {len(exc.problems)} problems in configuration:", markup=False)
+        for problem in exc.problems:
+            err.print(f"  {problem}", markup=False)
+    else:
+        err.print(f"itsup: error: {exc.message}", markup=False)
+    if exc.hint:
+        err.print(f"itsup: hint: {exc.hint}", markup=False)
+
+
+def main(argv: list[str] | None = None) -> int:
+    signal.signal(signal.SIGTERM, _on_signal)
+    try:
+        result = cli.main(args=argv, prog_name="itsup", standalone_mode=False)
+    except click.exceptions.Abort:
+        err.print("itsup: aborted", markup=False)
+        return ExitCode.INTERRUPTED
+    except click.ClickException as exc:
+        exc.show()
+        return ExitCode.USAGE
+    except click.exceptions.Exit as exc:
+        return int(exc.exit_code)
+    except ItsupError as exc:
+        logging.getLogger("itsup").debug("failed: %s", exc.message)
+        _report(exc)
+        return int(exc.exit_code)
+    except KeyboardInterrupt:
+        err.print("itsup: interrupted; nothing half-written is offered for restore", markup=False)
+        return ExitCode.INTERRUPTED
+    except BrokenPipeError:
+        return ExitCode.FAILURE
+    except Exception as exc:  # the last line of defence: no tracebacks for operators
+        logging.getLogger("itsup").exception("internal error")
+        err.print(f"itsup: internal error: {type(exc).__name__}: {exc}", markup=False)
+        err.print(
+            "itsup: hint: this is a bug in itsup; the details are in logs/backup.log "
+            "(or run with -v)",
+            markup=False,
+        )
+        return ExitCode.FAILURE
+    return int(result) if isinstance(result, int) else ExitCode.SUCCESS
+
+
+def run() -> None:
+    sys.exit(main())

@@ -1,0 +1,1 @@
+"""The streaming stages: walk -> tar -> compress -> encrypt -> hash, and back."""

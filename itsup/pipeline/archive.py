@@ -1,0 +1,282 @@
+"""Walk the host tree and write it as a POSIX (pax) tar stream.
+
+Files are read once: each chunk goes to the per-file SHA-256 and on into the
+tar stream. A file that shrinks while being read is padded with zeros (the
+tar header already promised its size), one that grows is cut at the promised
+size; both are recorded as changed, so the run reports a partial backup, as
+GNU tar does with "file changed as we read it".
+"""
+
+from __future__ import annotations
+
+import errno
+import fnmatch
+import hashlib
+import os
+import stat
+import tarfile
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+from itsup.manifest import Entry
+
+CHUNK = 1 << 20
+BLOCK = tarfile.BLOCKSIZE
+RECORD = tarfile.RECORDSIZE
+_ZEROS = bytes(CHUNK)
+_NOATIME = getattr(os, "O_NOATIME", 0)
+
+
+class Sink(Protocol):
+    def write(self, data: bytes) -> int: ...
+
+
+@dataclass
+class Problem:
+    path: str
+    problem: str
+
+    def as_dict(self) -> dict[str, str]:
+        return {"path": self.path, "problem": self.problem}
+
+
+@dataclass
+class Stats:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    problems: list[Problem] = field(default_factory=list)
+    skipped: list[Problem] = field(default_factory=list)  # special files: noted, not partial
+
+
+@dataclass(frozen=True)
+class Selection:
+    """Which paths below the host root go into a backup."""
+
+    roots: tuple[str, ...]
+    excludes: tuple[str, ...] = ()
+    include_volumes: bool = False
+
+    def excluded(self, rel: str) -> bool:
+        if not self.include_volumes:
+            parts = rel.split("/")
+            if len(parts) == 3 and parts[0] == "upstream" and parts[2] == "volumes":
+                return True
+        return any(fnmatch.fnmatchcase(rel, pat) for pat in self.excludes)
+
+
+def walk(
+    root: Path, selection: Selection, stats: Stats
+) -> Iterator[tuple[str, str, os.stat_result]]:
+    """Yield (relative path, absolute path, lstat) depth-first, parents first, sorted."""
+    for top in selection.roots:
+        absolute = os.path.join(root, top)
+        try:
+            st = os.lstat(absolute)
+        except FileNotFoundError:
+            continue
+        if selection.excluded(top):
+            continue
+        yield top, absolute, st
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk_dir(top, absolute, selection, stats)
+
+
+def _walk_dir(
+    rel: str, absolute: str, selection: Selection, stats: Stats
+) -> Iterator[tuple[str, str, os.stat_result]]:
+    try:
+        with os.scandir(absolute) as it:
+            entries = sorted(it, key=lambda e: e.name)
+    except FileNotFoundError:
+        stats.problems.append(Problem(rel, "folder vanished while being read"))
+        return
+    except OSError as exc:
+        stats.problems.append(Problem(rel, f"cannot list folder: {exc.strerror}"))
+        return
+    for entry in entries:
+        child_rel = f"{rel}/{entry.name}"
+        if selection.excluded(child_rel):
+            continue
+        try:
+            st = entry.stat(follow_symlinks=False)
+        except FileNotFoundError:
+            stats.problems.append(Problem(child_rel, "vanished before it could be read"))
+            continue
+        except OSError as exc:
+            stats.problems.append(Problem(child_rel, f"cannot stat: {exc.strerror}"))
+            continue
+        yield child_rel, entry.path, st
+        if stat.S_ISDIR(st.st_mode):
+            yield from _walk_dir(child_rel, entry.path, selection, stats)
+
+
+def _header(rel: str, kind: bytes, st: os.stat_result, size: int = 0, link: str = "") -> bytes:
+    info = tarfile.TarInfo(rel)
+    info.type = kind
+    info.mode = stat.S_IMODE(st.st_mode)
+    info.uid, info.gid = st.st_uid, st.st_gid
+    info.uname = info.gname = ""
+    info.size = size
+    info.linkname = link
+    seconds, nanos = divmod(st.st_mtime_ns, 1_000_000_000)
+    info.mtime = seconds
+    if nanos:
+        info.pax_headers = {"mtime": f"{seconds}.{nanos:09d}"}
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def _entry(rel: str, kind: str, st: os.stat_result, **extra: Any) -> Entry:
+    return Entry(
+        rel,
+        kind,
+        mode=stat.S_IMODE(st.st_mode),
+        mtime_ns=st.st_mtime_ns,
+        uid=st.st_uid,
+        gid=st.st_gid,
+        **extra,
+    )
+
+
+class TarWriter:
+    """Writes tar members to `sink` and index entries to `on_entry`."""
+
+    def __init__(
+        self,
+        sink: Sink,
+        on_entry: Callable[[Entry], None],
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.sink = sink
+        self.on_entry = on_entry
+        self.on_bytes = on_bytes or (lambda n: None)
+        self.written = 0
+
+    def _out(self, data: bytes) -> None:
+        self.sink.write(data)
+        self.written += len(data)
+
+    def add(self, rel: str, absolute: str, st: os.stat_result, stats: Stats) -> None:
+        mode = st.st_mode
+        if stat.S_ISDIR(mode):
+            self._out(_header(rel, tarfile.DIRTYPE, st))
+            self.on_entry(_entry(rel, "dir", st))
+            stats.dirs += 1
+        elif stat.S_ISLNK(mode):
+            try:
+                link = os.readlink(absolute)
+            except OSError as exc:
+                stats.problems.append(Problem(rel, f"cannot read link: {exc.strerror}"))
+                return
+            self._out(_header(rel, tarfile.SYMTYPE, st, link=link))
+            self.on_entry(_entry(rel, "symlink", st, link=link))
+            stats.symlinks += 1
+        elif stat.S_ISREG(mode):
+            self._add_file(rel, absolute, stats)
+        else:
+            kind = (
+                "socket"
+                if stat.S_ISSOCK(mode)
+                else "FIFO"
+                if stat.S_ISFIFO(mode)
+                else "device node"
+            )
+            stats.skipped.append(Problem(rel, f"{kind} skipped: it holds no data to back up"))
+
+    def _open(self, absolute: str) -> int:
+        flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        try:
+            return os.open(absolute, flags | _NOATIME)
+        except PermissionError:
+            if not _NOATIME:
+                raise
+            return os.open(absolute, flags)  # O_NOATIME needs ownership
+
+    def _add_file(self, rel: str, absolute: str, stats: Stats) -> None:
+        try:
+            fd = self._open(absolute)
+        except FileNotFoundError:
+            stats.problems.append(Problem(rel, "vanished before it could be read"))
+            return
+        except OSError as exc:
+            what = "symlink appeared" if exc.errno == errno.ELOOP else exc.strerror
+            stats.problems.append(Problem(rel, f"cannot open: {what}"))
+            return
+        try:
+            st = os.fstat(fd)
+            if not stat.S_ISREG(st.st_mode):
+                stats.problems.append(
+                    Problem(rel, "changed into a non-regular file while being read")
+                )
+                return
+            size = st.st_size
+            self._out(_header(rel, tarfile.REGTYPE, st, size=size))
+            digest = hashlib.sha256()
+            remaining = size
+            changed = False
+            while remaining:
+                try:
+                    chunk = os.read(fd, min(CHUNK, remaining))
+                except OSError as exc:
+                    # The header is out: keep the stream valid, record the damage.
+                    stats.problems.append(
+                        Problem(rel, f"read error: {exc.strerror}; rest stored as zeros")
+                    )
+                    chunk = b""
+                    changed = True
+                if not chunk:
+                    changed = True
+                    while remaining:
+                        pad = _ZEROS[: min(CHUNK, remaining)]
+                        digest.update(pad)
+                        self._out(pad)
+                        remaining -= len(pad)
+                    break
+                digest.update(chunk)
+                self._out(chunk)
+                remaining -= len(chunk)
+                self.on_bytes(len(chunk))
+            tail = size % BLOCK
+            if tail:
+                self._out(_ZEROS[: BLOCK - tail])
+            after = os.fstat(fd)
+            if after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
+                changed = True
+            if changed:
+                stats.problems.append(
+                    Problem(rel, "changed while being read; stored copy may be inconsistent")
+                )
+            self.on_entry(
+                _entry(rel, "file", st, size=size, sha256=digest.hexdigest(), changed=changed)
+            )
+            stats.files += 1
+            stats.bytes += size
+        finally:
+            os.close(fd)
+
+    def finish(self) -> None:
+        """End-of-archive: two zero blocks, padded to a full record as tar does."""
+        end = 2 * BLOCK
+        total = self.written + end
+        if total % RECORD:
+            end += RECORD - total % RECORD
+        self._out(bytes(end))
+
+
+def write_archive(
+    root: Path,
+    selection: Selection,
+    sink: Sink,
+    on_entry: Callable[[Entry], None],
+    on_bytes: Callable[[int], None] | None = None,
+) -> Stats:
+    """Stream the selected tree into `sink` as a tar archive; return what was stored."""
+    stats = Stats()
+    writer = TarWriter(sink, on_entry, on_bytes)
+    for rel, absolute, st in walk(root, selection, stats):
+        writer.add(rel, absolute, st, stats)
+    writer.finish()
+    return stats

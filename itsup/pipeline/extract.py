@@ -1,0 +1,304 @@
+"""Read a tar stream and write its members into a staging folder.
+
+Every member is checked before anything is written: relative path, no `..`,
+no path through a symlink the archive itself created, symlinks that stay
+inside the destination, only files, folders and symlinks. Any hostile member
+refuses the whole archive. When the manifest's index is given, each member
+must match its index entry (path, type, size, link) in order.
+
+Writes overlap the download and decompression: small files go to a pool of
+writer threads (bounded by bytes in flight), large ones are written in place
+with runs of zeros left as holes.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import posixpath
+import tarfile
+import threading
+from collections.abc import Callable, Iterator
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass, field
+from decimal import Decimal
+from pathlib import Path
+from typing import IO
+
+from itsup.errors import IntegrityError, ItsupError
+from itsup.manifest import Entry
+
+CHUNK = 1 << 20
+SMALL = 1 << 20
+INFLIGHT_BYTES = 64 << 20
+_ZEROS = bytes(CHUNK)
+
+
+@dataclass
+class Member:
+    path: str
+    type: str
+    mode: int
+    mtime_ns: int
+    uid: int
+    gid: int
+    size: int
+    link: str | None
+
+
+@dataclass
+class ExtractStats:
+    files: int = 0
+    dirs: int = 0
+    symlinks: int = 0
+    bytes: int = 0
+    members: int = 0
+    written: list[str] = field(default_factory=list)  # top-most restored paths, in order
+
+
+def _mtime_ns(info: tarfile.TarInfo) -> int:
+    exact = info.pax_headers.get("mtime")
+    if exact:
+        try:
+            return int(Decimal(exact) * 1_000_000_000)
+        except ArithmeticError:
+            pass
+    return int(info.mtime) * 1_000_000_000
+
+
+def check_member(info: tarfile.TarInfo, symlinks: set[str]) -> Member:
+    """Validate one tar member against the hostile-archive rules; return it normalized."""
+    name = info.name
+    where = f"archive member {name!r}"
+    if not name or name.startswith("/") or ("\\" in name and name.startswith("\\")):
+        raise IntegrityError(f"{where}: absolute path refused")
+    parts = name.rstrip("/").split("/")
+    if any(p in ("..",) for p in parts):
+        raise IntegrityError(f"{where}: '..' in path refused")
+    parts = [p for p in parts if p not in ("", ".")]
+    if not parts or "\x00" in name:
+        raise IntegrityError(f"{where}: empty or invalid path refused")
+    path = "/".join(parts)
+    for i in range(1, len(parts)):
+        if "/".join(parts[:i]) in symlinks:
+            raise IntegrityError(
+                f"{where}: path goes through a symlink from the same archive; refused"
+            )
+    if info.isdir():
+        kind = "dir"
+    elif info.isreg():
+        kind = "file"
+    elif info.issym():
+        kind = "symlink"
+        target = info.linkname
+        if target.startswith("/"):
+            raise IntegrityError(f"{where}: symlink to absolute path {target!r} refused")
+        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+        if resolved == ".." or resolved.startswith("../"):
+            raise IntegrityError(f"{where}: symlink pointing outside the destination refused")
+    elif info.islnk():
+        raise IntegrityError(f"{where}: hard links are not written by itsup; refused")
+    else:
+        raise IntegrityError(f"{where}: device nodes, FIFOs and other special files refused")
+    if info.size < 0 or (kind != "file" and info.size):
+        raise IntegrityError(f"{where}: absurd size {info.size}")
+    return Member(
+        path,
+        kind,
+        info.mode & 0o7777,
+        _mtime_ns(info),
+        info.uid,
+        info.gid,
+        info.size if kind == "file" else 0,
+        info.linkname or None,
+    )
+
+
+def _match_index(member: Member, expected: Iterator[Entry] | None) -> None:
+    if expected is None:
+        return
+    entry = next(expected, None)
+    if entry is None:
+        raise IntegrityError(f"archive member {member.path!r} is not in the manifest's index")
+    if (entry.path, entry.type, entry.size, entry.link or None) != (
+        member.path,
+        member.type,
+        member.size,
+        member.link,
+    ):
+        raise IntegrityError(
+            f"archive member {member.path!r} does not match the manifest's index entry {entry.path!r}"
+        )
+
+
+class Extractor:
+    """Writes the selected members of a tar stream below `staging`."""
+
+    def __init__(
+        self,
+        staging: Path,
+        selected: Callable[[str], bool],
+        *,
+        restore_owner: bool,
+        expected: Iterator[Entry] | None = None,
+        workers: int = 4,
+        on_bytes: Callable[[int], None] | None = None,
+    ) -> None:
+        self.staging = staging
+        self.selected = selected
+        self.restore_owner = restore_owner
+        self.expected = expected
+        self.pool = ThreadPoolExecutor(workers, thread_name_prefix="restore-write")
+        self.budget = threading.Semaphore(INFLIGHT_BYTES // SMALL)
+        self.futures: list[Future[None]] = []
+        self.dirs: list[Member] = []
+        self.symlinks: set[str] = set()
+        self.made_dirs: set[str] = set()
+        self.stats = ExtractStats()
+        self.on_bytes = on_bytes or (lambda n: None)
+
+    # -- writing -----------------------------------------------------------
+    def _dest(self, path: str) -> str:
+        return os.path.join(self.staging, path)
+
+    def _ensure_parent(self, path: str) -> None:
+        parent = posixpath.dirname(path)
+        if parent and parent not in self.made_dirs:
+            os.makedirs(self._dest(parent), mode=0o700, exist_ok=True)
+            p = parent
+            while p and p not in self.made_dirs:
+                self.made_dirs.add(p)
+                p = posixpath.dirname(p)
+
+    def _finish_fd(self, fd: int, m: Member) -> None:
+        if self.restore_owner:
+            os.fchown(fd, m.uid, m.gid)
+        os.fchmod(fd, m.mode)
+        os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
+
+    def _write_small(self, m: Member, data: bytes) -> None:
+        try:
+            fd = os.open(
+                self._dest(m.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+            )
+            try:
+                view = memoryview(data)
+                while view:
+                    view = view[os.write(fd, view) :]
+                self._finish_fd(fd, m)
+            finally:
+                os.close(fd)
+        finally:
+            self.budget.release()
+
+    def _write_large(self, m: Member, src: IO[bytes]) -> None:
+        fd = os.open(
+            self._dest(m.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
+        )
+        try:
+            remaining = m.size
+            while remaining:
+                chunk = src.read(min(CHUNK, remaining))
+                if not chunk:
+                    raise IntegrityError(f"archive member {m.path!r} is truncated")
+                n = len(chunk)
+                if chunk == _ZEROS[:n]:
+                    os.lseek(fd, n, os.SEEK_CUR)  # leave a hole: sparse files stay sparse
+                else:
+                    view = memoryview(chunk)
+                    while view:
+                        view = view[os.write(fd, view) :]
+                remaining -= n
+                self.on_bytes(n)
+            os.ftruncate(fd, m.size)
+            self._finish_fd(fd, m)
+        finally:
+            os.close(fd)
+
+    def _check_futures(self, wait: bool = False) -> None:
+        keep = []
+        for fut in self.futures:
+            if wait or fut.done():
+                fut.result()
+            else:
+                keep.append(fut)
+        self.futures = keep
+
+    # -- the stream --------------------------------------------------------
+    def run(self, stream: IO[bytes]) -> ExtractStats:
+        try:
+            self._run(stream)
+            self._check_futures(wait=True)
+            self._apply_dirs()
+        except OSError as exc:
+            if exc.errno == errno.ENOSPC:
+                raise ItsupError(
+                    f"no space left on the device holding {self.staging.parent}"
+                ) from None
+            raise ItsupError(
+                f"writing below {self.staging.parent}: {exc.strerror or exc}"
+            ) from None
+        except tarfile.TarError as exc:
+            raise IntegrityError(f"the archive is damaged: {exc}") from None
+        finally:
+            self.pool.shutdown(wait=True, cancel_futures=True)
+        return self.stats
+
+    def _run(self, stream: IO[bytes]) -> None:
+        tf = tarfile.open(fileobj=stream, mode="r|", errorlevel=2)  # noqa: SIM115 - stream mode, no close needed
+        for info in tf:
+            m = check_member(info, self.symlinks)
+            _match_index(m, self.expected)
+            self.stats.members += 1
+            if m.type == "symlink":
+                self.symlinks.add(m.path)
+            if not self.selected(m.path):
+                continue
+            self._ensure_parent(m.path)
+            if m.type == "dir":
+                os.makedirs(self._dest(m.path), mode=0o700, exist_ok=True)
+                self.made_dirs.add(m.path)
+                self.dirs.append(m)
+                self.stats.dirs += 1
+            elif m.type == "symlink":
+                assert m.link is not None
+                os.symlink(m.link, self._dest(m.path))
+                if self.restore_owner:
+                    os.lchown(self._dest(m.path), m.uid, m.gid)
+                os.utime(self._dest(m.path), ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
+                self.stats.symlinks += 1
+            else:
+                src = tf.extractfile(info)
+                assert src is not None
+                if m.size <= SMALL:
+                    data = src.read(m.size)
+                    if len(data) != m.size:
+                        raise IntegrityError(f"archive member {m.path!r} is truncated")
+                    self.budget.acquire()
+                    self.futures.append(self.pool.submit(self._write_small, m, data))
+                    self.on_bytes(m.size)
+                    if len(self.futures) > 256:
+                        self._check_futures()
+                else:
+                    self._write_large(m, src)
+                self.stats.files += 1
+                self.stats.bytes += m.size
+        if self.expected is not None:
+            extra = next(self.expected, None)
+            if extra is not None:
+                raise IntegrityError(
+                    f"the manifest's index lists {extra.path!r}, which the archive lacks"
+                )
+        # Read to the end so compression trailers (CRC, length) are checked.
+        with contextlib.suppress(AttributeError):
+            while stream.read(CHUNK):
+                pass
+
+    def _apply_dirs(self) -> None:
+        for m in sorted(self.dirs, key=lambda d: d.path.count("/"), reverse=True):
+            path = self._dest(m.path)
+            if self.restore_owner:
+                os.lchown(path, m.uid, m.gid)
+            os.chmod(path, m.mode)
+            os.utime(path, ns=(m.mtime_ns, m.mtime_ns))

@@ -1,0 +1,75 @@
+"""The storage target protocol: where generations live.
+
+A target stores opaque objects under string keys ("itsup/backup-...tar.gz").
+It knows nothing of archives or tar. Every method raises
+`itsup.errors.NotFoundError` when a key does not exist and
+`itsup.errors.StorageError` for everything else that goes wrong, with a
+message naming the target and key (never a credential).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+from typing import BinaryIO, Protocol
+
+
+@dataclass(frozen=True)
+class ObjectInfo:
+    key: str
+    size: int
+    modified: float  # POSIX seconds
+
+
+class ObjectWriter(Protocol):
+    """A streaming upload. Nothing is visible under the key until `commit`."""
+
+    def write(self, data: bytes) -> int: ...
+
+    def commit(self) -> int:
+        """Make the object visible under its key; return its size in bytes."""
+        ...
+
+    def abort(self) -> None:
+        """Discard everything written; safe to call more than once."""
+        ...
+
+
+class Target(Protocol):
+    name: str  # shown to the operator, e.g. "s3://bucket" or "/var/backups"
+
+    def put(self, key: str, data: bytes) -> None:
+        """Store a small object atomically (replacing any old one)."""
+        ...
+
+    def get(self, key: str) -> bytes:
+        """Return a small object's whole content."""
+        ...
+
+    def open_writer(self, key: str) -> ObjectWriter:
+        """Start a streaming upload of a large object."""
+        ...
+
+    def open_reader(self, key: str) -> BinaryIO:
+        """Stream a large object from its start; transient faults are retried inside."""
+        ...
+
+    def stat(self, key: str) -> ObjectInfo:
+        """Size and time of one object."""
+        ...
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        """Every object whose key starts with `prefix`, in no promised order."""
+        ...
+
+    def delete(self, key: str) -> None:
+        """Remove an object; deleting a missing key is not an error."""
+        ...
+
+    def copy(self, src: str, dst: str) -> None:
+        """Make `dst` an identical object to `src`, without sending it through us."""
+        ...
+
+    def cleanup_incomplete(self, prefix: str) -> int:
+        """Discard uploads that were started and never committed; return how many."""
+        ...

@@ -1,0 +1,179 @@
+"""A local directory target: the same object names as S3, as files.
+
+Objects are written to a temporary name beside the final one, flushed to
+disk, then renamed, so a key either holds a complete object or nothing.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import errno
+import os
+import secrets
+import shutil
+from collections.abc import Iterator
+from pathlib import Path
+from typing import BinaryIO
+
+from itsup.errors import NotFoundError, StorageError
+from itsup.storage.base import ObjectInfo
+
+PARTIAL_MARK = ".partial-"
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+class LocalWriter:
+    def __init__(self, final: Path, name: str) -> None:
+        self.final = final
+        self.tmp = final.with_name(f"{final.name}{PARTIAL_MARK}{secrets.token_hex(4)}")
+        self.name = name
+        self.size = 0
+        try:
+            final.parent.mkdir(parents=True, exist_ok=True)
+            self.fh = open(self.tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+        except OSError as exc:
+            raise StorageError(f"{name}: cannot create {self.tmp}: {exc.strerror}") from None
+
+    def write(self, data: bytes) -> int:
+        try:
+            n = self.fh.write(data)
+        except OSError as exc:
+            raise StorageError(f"{self.name}: writing {self.final}: {exc.strerror}") from None
+        self.size += n
+        return n
+
+    def commit(self) -> int:
+        try:
+            self.fh.flush()
+            os.fsync(self.fh.fileno())
+            self.fh.close()
+            os.replace(self.tmp, self.final)
+            _fsync_dir(self.final.parent)
+        except OSError as exc:
+            self.abort()
+            raise StorageError(f"{self.name}: finishing {self.final}: {exc.strerror}") from None
+        return self.size
+
+    def abort(self) -> None:
+        with contextlib.suppress(OSError):
+            self.fh.close()
+        with contextlib.suppress(FileNotFoundError):
+            self.tmp.unlink()
+
+
+class LocalTarget:
+    """Objects as files below `base`; keys map to relative paths."""
+
+    def __init__(self, base: Path) -> None:
+        self.base = base
+        self.name = str(base)
+
+    def _path(self, key: str) -> Path:
+        parts = key.split("/")
+        if (
+            not key
+            or key.startswith("/")
+            or any(p in ("", ".", "..") for p in parts[:-1])
+            or parts[-1] in ("", ".", "..")
+        ):
+            raise StorageError(f"{self.name}: invalid object key {key!r}")
+        return self.base.joinpath(*parts)
+
+    def put(self, key: str, data: bytes) -> None:
+        writer = self.open_writer(key)
+        try:
+            writer.write(data)
+        except BaseException:
+            writer.abort()
+            raise
+        writer.commit()
+
+    def get(self, key: str) -> bytes:
+        try:
+            return self._path(key).read_bytes()
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.name}: no object {key}") from None
+        except OSError as exc:
+            raise StorageError(f"{self.name}: reading {key}: {exc.strerror}") from None
+
+    def open_writer(self, key: str) -> LocalWriter:
+        return LocalWriter(self._path(key), self.name)
+
+    def open_reader(self, key: str) -> BinaryIO:
+        try:
+            return open(self._path(key), "rb")
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.name}: no object {key}") from None
+        except OSError as exc:
+            raise StorageError(f"{self.name}: reading {key}: {exc.strerror}") from None
+
+    def stat(self, key: str) -> ObjectInfo:
+        try:
+            st = self._path(key).stat()
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.name}: no object {key}") from None
+        except OSError as exc:
+            raise StorageError(f"{self.name}: {key}: {exc.strerror}") from None
+        return ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        folder, _, _ = prefix.rpartition("/")
+        start = self.base / folder if folder else self.base
+        if not start.is_dir():
+            return
+        for dirpath, _dirs, files in os.walk(start):
+            for fname in files:
+                if PARTIAL_MARK in fname:
+                    continue
+                full = Path(dirpath) / fname
+                key = full.relative_to(self.base).as_posix()
+                if key.startswith(prefix):
+                    with contextlib.suppress(FileNotFoundError):
+                        st = full.stat()
+                        yield ObjectInfo(key, st.st_size, st.st_mtime)
+
+    def delete(self, key: str) -> None:
+        try:
+            self._path(key).unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            raise StorageError(f"{self.name}: deleting {key}: {exc.strerror}") from None
+
+    def copy(self, src: str, dst: str) -> None:
+        source, final = self._path(src), self._path(dst)
+        tmp = final.with_name(f"{final.name}{PARTIAL_MARK}{secrets.token_hex(4)}")
+        try:
+            try:
+                os.link(source, tmp)  # no second copy of the data on disk
+            except OSError as exc:
+                if exc.errno == errno.ENOENT:
+                    raise
+                shutil.copyfile(source, tmp)
+            os.replace(tmp, final)
+        except FileNotFoundError:
+            raise NotFoundError(f"{self.name}: no object {src}") from None
+        except OSError as exc:
+            with contextlib.suppress(OSError):
+                tmp.unlink()
+            raise StorageError(f"{self.name}: copying {src} to {dst}: {exc.strerror}") from None
+
+    def cleanup_incomplete(self, prefix: str) -> int:
+        folder, _, _ = prefix.rpartition("/")
+        start = self.base / folder if folder else self.base
+        removed = 0
+        if start.is_dir():
+            for dirpath, _dirs, files in os.walk(start):
+                for fname in files:
+                    if PARTIAL_MARK in fname:
+                        with contextlib.suppress(OSError):
+                            (Path(dirpath) / fname).unlink()
+                            removed += 1
+        return removed
