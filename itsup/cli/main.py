@@ -24,11 +24,14 @@ from itsup.log import configure
     "else the nearest parent of the current folder that has one.",
 )
 @click.option(
-    "-v", "--verbose", is_flag=True, help="Say what happens, also when not on a terminal."
+    "-v",
+    "--verbose",
+    count=True,
+    help="Say what happened, also when not on a terminal; -vv also logs each step to stderr.",
 )
 @click.version_option(__version__, prog_name="itsup")
 @click.pass_context
-def cli(ctx: click.Context, root: str | None, verbose: bool) -> None:
+def cli(ctx: click.Context, root: str | None, verbose: int) -> None:
     """Backup and disaster recovery for a Docker Compose + Traefik host.
 
     \b
@@ -36,7 +39,7 @@ def cli(ctx: click.Context, root: str | None, verbose: bool) -> None:
     5 damaged or hostile backup, 6 storage unreachable, 11 locked,
     130 interrupted.
     """
-    configure(verbose)
+    configure(verbose >= 2)
     ctx.obj = {"root": root, "verbose": verbose}
 
 

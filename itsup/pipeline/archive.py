@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from itsup.manifest import Entry
+from itsup.pipeline.tarformat import encode_header
 
 CHUNK = 1 << 20
 BLOCK = tarfile.BLOCKSIZE
@@ -115,18 +116,9 @@ def _walk_dir(
 
 
 def _header(rel: str, kind: bytes, st: os.stat_result, size: int = 0, link: str = "") -> bytes:
-    info = tarfile.TarInfo(rel)
-    info.type = kind
-    info.mode = stat.S_IMODE(st.st_mode)
-    info.uid, info.gid = st.st_uid, st.st_gid
-    info.uname = info.gname = ""
-    info.size = size
-    info.linkname = link
-    seconds, nanos = divmod(st.st_mtime_ns, 1_000_000_000)
-    info.mtime = seconds
-    if nanos:
-        info.pax_headers = {"mtime": f"{seconds}.{nanos:09d}"}
-    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+    return encode_header(
+        rel, kind, stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, size, st.st_mtime_ns, link
+    )
 
 
 def _entry(rel: str, kind: str, st: os.stat_result, **extra: Any) -> Entry:

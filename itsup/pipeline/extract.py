@@ -17,6 +17,7 @@ import contextlib
 import errno
 import os
 import posixpath
+import queue
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -28,11 +29,35 @@ from typing import IO
 
 from itsup.errors import IntegrityError, ItsupError
 from itsup.manifest import Entry
+from itsup.pipeline.tarformat import TarReader
 
 CHUNK = 1 << 20
-SMALL = 1 << 20
-INFLIGHT_BYTES = 64 << 20
+SMALL = 1 << 20  # files up to this size are written by the pool, in batches
+BATCH_FILES = 128
+BATCH_BYTES = 4 << 20
+INFLIGHT_BYTES = 64 << 20  # bounds memory held by queued writes
 _ZEROS = bytes(CHUNK)
+_CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+
+
+class _ByteBudget:
+    """A counting limit on bytes held by queued writes."""
+
+    def __init__(self, limit: int) -> None:
+        self.limit = limit
+        self.used = 0
+        self.cond = threading.Condition()
+
+    def acquire(self, n: int) -> None:
+        with self.cond:
+            while self.used and self.used + n > self.limit:
+                self.cond.wait()
+            self.used += n
+
+    def release(self, n: int) -> None:
+        with self.cond:
+            self.used -= n
+            self.cond.notify_all()
 
 
 @dataclass
@@ -150,7 +175,15 @@ class Extractor:
         self.restore_owner = restore_owner
         self.expected = expected
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="restore-write")
-        self.budget = threading.Semaphore(INFLIGHT_BYTES // SMALL)
+        self.budget = _ByteBudget(INFLIGHT_BYTES)
+        self.large: queue.SimpleQueue[tuple[str, object, int]] = queue.SimpleQueue()
+        self.large_error: BaseException | None = None
+        self.large_thread = threading.Thread(
+            target=self._large_writer, name="restore-large", daemon=True
+        )
+        self.large_thread.start()
+        self.batch: list[tuple[Member, bytes]] = []
+        self.batch_bytes = 0
         self.futures: list[Future[None]] = []
         self.dirs: list[Member] = []
         self.symlinks: set[str] = set()
@@ -177,44 +210,77 @@ class Extractor:
         os.fchmod(fd, m.mode)
         os.utime(fd, ns=(m.mtime_ns, m.mtime_ns))
 
-    def _write_small(self, m: Member, data: bytes) -> None:
+    def _write_batch(self, batch: list[tuple[Member, bytes]], size: int) -> None:
         try:
-            fd = os.open(
-                self._dest(m.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
-            )
-            try:
-                view = memoryview(data)
-                while view:
-                    view = view[os.write(fd, view) :]
-                self._finish_fd(fd, m)
-            finally:
-                os.close(fd)
-        finally:
-            self.budget.release()
-
-    def _write_large(self, m: Member, src: IO[bytes]) -> None:
-        fd = os.open(
-            self._dest(m.path), os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600
-        )
-        try:
-            remaining = m.size
-            while remaining:
-                chunk = src.read(min(CHUNK, remaining))
-                if not chunk:
-                    raise IntegrityError(f"archive member {m.path!r} is truncated")
-                n = len(chunk)
-                if chunk == _ZEROS[:n]:
-                    os.lseek(fd, n, os.SEEK_CUR)  # leave a hole: sparse files stay sparse
-                else:
-                    view = memoryview(chunk)
+            for m, data in batch:
+                fd = os.open(self._dest(m.path), _CREATE, 0o600)
+                try:
+                    view = memoryview(data)
                     while view:
                         view = view[os.write(fd, view) :]
-                remaining -= n
-                self.on_bytes(n)
-            os.ftruncate(fd, m.size)
-            self._finish_fd(fd, m)
+                    self._finish_fd(fd, m)
+                finally:
+                    os.close(fd)
         finally:
-            os.close(fd)
+            self.budget.release(size)
+
+    def _flush_batch(self) -> None:
+        if self.batch:
+            self.budget.acquire(self.batch_bytes)
+            self.futures.append(self.pool.submit(self._write_batch, self.batch, self.batch_bytes))
+            self.batch, self.batch_bytes = [], 0
+            if len(self.futures) > 64:
+                self._check_futures()
+
+    def _write_large(self, m: Member, reader: TarReader) -> None:
+        """Queue a large file's chunks for the large-file writer thread, in order."""
+        fd = os.open(self._dest(m.path), _CREATE, 0o600)
+        self.large.put(("open", m, fd))
+        remaining = m.size
+        while remaining:
+            chunk = reader.read(min(CHUNK, remaining))
+            self.budget.acquire(len(chunk))
+            self.large.put(("data", chunk, fd))
+            remaining -= len(chunk)
+            self.on_bytes(len(chunk))
+        self.large.put(("close", m, fd))
+
+    def _large_writer(self) -> None:
+        failed: BaseException | None = None
+        while True:
+            op, item, fd = self.large.get()
+            if op == "stop":
+                break
+            try:
+                if failed is not None:
+                    pass
+                elif op == "data":
+                    assert isinstance(item, bytes)
+                    n = len(item)
+                    if item == _ZEROS[:n]:
+                        os.lseek(fd, n, os.SEEK_CUR)  # leave a hole: sparse files stay sparse
+                    else:
+                        view = memoryview(item)
+                        while view:
+                            view = view[os.write(fd, view) :]
+                elif op == "close":
+                    assert isinstance(item, Member)
+                    os.ftruncate(fd, item.size)
+                    self._finish_fd(fd, item)
+            except BaseException as exc:
+                failed = exc
+            finally:
+                if op == "data":
+                    self.budget.release(len(item))  # type: ignore[arg-type]
+                elif op == "close":
+                    os.close(fd)
+        self.large_error = failed
+
+    def _stop_large_writer(self) -> None:
+        self.large.put(("stop", None, -1))
+        self.large_thread.join()
+        if self.large_error is not None:
+            raise self.large_error
 
     def _check_futures(self, wait: bool = False) -> None:
         keep = []
@@ -228,7 +294,11 @@ class Extractor:
     # -- the stream --------------------------------------------------------
     def run(self, stream: IO[bytes]) -> ExtractStats:
         try:
-            self._run(stream)
+            try:
+                self._run(stream)
+                self._flush_batch()
+            finally:
+                self._stop_large_writer()
             self._check_futures(wait=True)
             self._apply_dirs()
         except OSError as exc:
@@ -246,8 +316,8 @@ class Extractor:
         return self.stats
 
     def _run(self, stream: IO[bytes]) -> None:
-        tf = tarfile.open(fileobj=stream, mode="r|", errorlevel=2)  # noqa: SIM115 - stream mode, no close needed
-        for info in tf:
+        reader = TarReader(stream)
+        for info in reader:
             m = check_member(info, self.symlinks)
             _match_index(m, self.expected)
             self.stats.members += 1
@@ -269,19 +339,15 @@ class Extractor:
                 os.utime(self._dest(m.path), ns=(m.mtime_ns, m.mtime_ns), follow_symlinks=False)
                 self.stats.symlinks += 1
             else:
-                src = tf.extractfile(info)
-                assert src is not None
                 if m.size <= SMALL:
-                    data = src.read(m.size)
-                    if len(data) != m.size:
-                        raise IntegrityError(f"archive member {m.path!r} is truncated")
-                    self.budget.acquire()
-                    self.futures.append(self.pool.submit(self._write_small, m, data))
+                    data = reader.read(m.size)
+                    self.batch.append((m, data))
+                    self.batch_bytes += m.size + 1
+                    if len(self.batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
+                        self._flush_batch()
                     self.on_bytes(m.size)
-                    if len(self.futures) > 256:
-                        self._check_futures()
                 else:
-                    self._write_large(m, src)
+                    self._write_large(m, reader)
                 self.stats.files += 1
                 self.stats.bytes += m.size
         if self.expected is not None:
