@@ -74,7 +74,9 @@ s3 = boto3.client("s3", endpoint_url=os.environ["BENCH_S3_ENDPOINT"], region_nam
 config = TransferConfig()
 """
 
-NAIVE_BACKUP = S3_CLIENT + """\
+NAIVE_BACKUP = (
+    S3_CLIENT
+    + """\
 import sys, tarfile
 root, tarball, bucket, key = sys.argv[1:5]
 with tarfile.open(tarball, "w:gz") as tar:
@@ -82,17 +84,24 @@ with tarfile.open(tarball, "w:gz") as tar:
         tar.add(os.path.join(root, name), arcname=name)
 s3.upload_file(tarball, bucket, key, Config=config)
 """
+)
 
-STREAM_UPLOAD = S3_CLIENT + """\
+STREAM_UPLOAD = (
+    S3_CLIENT
+    + """\
 import sys
 s3.upload_fileobj(sys.stdin.buffer, sys.argv[1], sys.argv[2], Config=config)
 """
+)
 
-STREAM_DOWNLOAD = S3_CLIENT + """\
+STREAM_DOWNLOAD = (
+    S3_CLIENT
+    + """\
 import sys
 s3.download_fileobj(sys.argv[1], sys.argv[2], sys.stdout.buffer, Config=config)
 sys.stdout.buffer.flush()
 """
+)
 
 
 # --- measuring ----------------------------------------------------------------------------
@@ -122,7 +131,11 @@ def run_measured(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> 
     with open(log, "wb") as out:
         proc = subprocess.Popen(
             [sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), *argv],
-            cwd=cwd, env=env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            cwd=cwd,
+            env=env,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
         )
         proc.wait()
     if not report.exists():
@@ -131,7 +144,7 @@ def run_measured(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> 
     code = os.waitstatus_to_exitcode(int(status))
     run = Run(ok=code == 0, seconds=float(seconds), peak_rss_kib=int(maxrss))
     if code != 0:
-        run.note = f"exit {code}: {log_tail(log)}"
+        run.note = f"exit {code}: {log_tail(log) or 'no output'} (log: logs/{log.name})"
     return run
 
 
@@ -227,8 +240,12 @@ def find_restored_root(dest: Path, max_depth: int = 8) -> Path | None:
         for folder in level:
             if all((folder / top).is_dir() for top in SOURCE_DIRS):
                 return folder
-        level = [child for folder in level for child in sorted(folder.iterdir())
-                 if child.is_dir() and not child.is_symlink()]
+        level = [
+            child
+            for folder in level
+            for child in sorted(folder.iterdir())
+            if child.is_dir() and not child.is_symlink()
+        ]
     return None
 
 
@@ -243,8 +260,11 @@ def verify_restore(manifest: Manifest, dest: Path) -> list[str]:
         problems.append(f"file count {len(files)} != {manifest.files}")
     if sum(files.values()) != manifest.bytes:
         problems.append(f"total bytes {sum(files.values())} != {manifest.bytes}")
-    bad = [name for name, digest in manifest.hashes.items()
-           if name not in files or file_hash(root / name) != digest]
+    bad = [
+        name
+        for name, digest in manifest.hashes.items()
+        if name not in files or file_hash(root / name) != digest
+    ]
     if bad:
         problems.append(f"{len(bad)}/{len(manifest.hashes)} sampled files differ, e.g. {bad[0]}")
     for name, mode in manifest.modes.items():
@@ -275,17 +295,26 @@ class Bench:
         return self.logs / f"{name}.log"
 
     def delete_prefix(self, prefix: str) -> None:
+        # One by one: the loopback server wants Content-MD5 on DeleteObjects, which current
+        # boto3 no longer sends.
         paginator = self.s3.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.server.bucket, Prefix=prefix):
-            keys = [{"Key": obj["Key"]} for obj in page.get("Contents", [])]
-            if keys:
-                self.s3.delete_objects(Bucket=self.server.bucket, Delete={"Objects": keys})
+        keys = [
+            obj["Key"]
+            for page in paginator.paginate(Bucket=self.server.bucket, Prefix=prefix)
+            for obj in page.get("Contents", [])
+        ]
+        for key in keys:
+            self.s3.delete_object(Bucket=self.server.bucket, Key=key)
 
-    def prefix_bytes(self, prefix: str) -> int:
+    def prefix_bytes(self, prefix: str, skip: str | None = None) -> int:
+        """Total size of the objects under prefix, leaving out keys starting with skip."""
         paginator = self.s3.get_paginator("list_objects_v2")
-        return sum(obj["Size"] for page in paginator.paginate(Bucket=self.server.bucket,
-                                                               Prefix=prefix)
-                   for obj in page.get("Contents", []))
+        return sum(
+            obj["Size"]
+            for page in paginator.paginate(Bucket=self.server.bucket, Prefix=prefix)
+            for obj in page.get("Contents", [])
+            if skip is None or not obj["Key"].startswith(skip)
+        )
 
     def measure_restore(self, name: str, argv_for: Callable[[Path], list[str]]) -> Run:
         quiet_pause(self.pause)
@@ -316,14 +345,22 @@ def subprocess_env(server: S3Server, workdir: Path) -> dict[str, str]:
         NO_PROXY="127.0.0.1,localhost",
         no_proxy="127.0.0.1,localhost",
     )
-    for name in ("AWS_PROFILE", "AWS_CONFIG_FILE", "AWS_SHARED_CREDENTIALS_FILE",
-                 "HTTP_PROXY", "HTTPS_PROXY", "http_proxy", "https_proxy"):
+    for name in (
+        "AWS_PROFILE",
+        "AWS_CONFIG_FILE",
+        "AWS_SHARED_CREDENTIALS_FILE",
+        "HTTP_PROXY",
+        "HTTPS_PROXY",
+        "http_proxy",
+        "https_proxy",
+    ):
         env.pop(name, None)
     return env
 
 
-def prepare_tree(root: Path, size_mb: int, small_files: int, seed: int,
-                 server: S3Server) -> synth.TreeStats:
+def prepare_tree(
+    root: Path, size_mb: int, small_files: int, seed: int, server: S3Server
+) -> synth.TreeStats:
     """Build the tree, or reuse one built with the same parameters (config is rewritten)."""
     stamp = root.parent / f"{root.name}.json"
     wanted = f"{size_mb} {small_files} {seed}"
@@ -360,8 +397,19 @@ def bench_environment(args: argparse.Namespace, size_mb: int, tree_name: str) ->
         area = RestoreArea(workdir, manifest.bytes)
         logs = workdir / "logs"
         logs.mkdir(exist_ok=True)
-        yield Bench(workdir, root, server, server.client(), subprocess_env(server, workdir),
-                    args.itsup, tree, manifest, area, logs, args.pause)
+        yield Bench(
+            workdir,
+            root,
+            server,
+            server.client(),
+            subprocess_env(server, workdir),
+            args.itsup,
+            tree,
+            manifest,
+            area,
+            logs,
+            args.pause,
+        )
     finally:
         if area is not None:
             area.clear()
@@ -398,10 +446,12 @@ def itsup_available(bench: Bench) -> str | None:
     """None when the itsup command can run, else why not."""
     if not bench.itsup.exists():
         return f"not installed ({bench.itsup.name} command missing)"
-    probe = subprocess.run([str(bench.itsup), "--help"], capture_output=True, env=bench.env,
-                           timeout=60)
+    probe = subprocess.run(
+        [str(bench.itsup), "--help"], capture_output=True, env=bench.env, timeout=60
+    )
     if probe.returncode != 0:
-        return f"itsup --help failed: {probe.stderr.decode(errors='replace').strip()[-200:]}"
+        output = (probe.stderr or probe.stdout).decode(errors="replace").strip()[-200:]
+        return f"itsup --help exited {probe.returncode}: {output or 'no output'}"
     return None
 
 
@@ -412,11 +462,14 @@ def itsup_cycle(bench: Bench, rep: int) -> dict[str, Run]:
     bench.delete_prefix(ITSUP_PREFIX)
     quiet_pause(bench.pause)
     base = [str(bench.itsup), "--root", str(bench.root)]
-    backup = run_measured([*base, "backup"], bench.root, bench.env,
-                          bench.log(f"itsup-backup-{rep}"))
+    backup = run_measured(
+        [*base, "backup"], bench.root, bench.env, bench.log(f"itsup-backup-{rep}")
+    )
     if not backup.ok:
         return {"backup": backup, "restore": Run(ok=False, note="skipped: backup failed")}
-    backup.output_bytes = bench.prefix_bytes(ITSUP_PREFIX)
+    # The generation's objects (archive, index, manifest); not the `latest` alias, which is a
+    # server-side copy of the archive.
+    backup.output_bytes = bench.prefix_bytes(ITSUP_PREFIX, skip=ITSUP_PREFIX + "latest")
     restore = bench.measure_restore(
         f"itsup-restore-{rep}", lambda dest: [*base, "restore", "all", "--to", str(dest), "--yes"]
     )
@@ -427,8 +480,15 @@ def naive_cycle(bench: Bench, rep: int) -> dict[str, Run]:
     tarball = bench.workdir / "naive-backup.tar.gz"
     bench.delete_prefix(NAIVE_KEY)
     quiet_pause(bench.pause)
-    argv = [sys.executable, "-c", NAIVE_BACKUP, str(bench.root), str(tarball),
-            bench.server.bucket, NAIVE_KEY]
+    argv = [
+        sys.executable,
+        "-c",
+        NAIVE_BACKUP,
+        str(bench.root),
+        str(tarball),
+        bench.server.bucket,
+        NAIVE_KEY,
+    ]
     try:
         backup = run_measured(argv, bench.root, bench.env, bench.log(f"naive-backup-{rep}"))
     finally:
@@ -448,15 +508,20 @@ def targz_cycle(bench: Bench, rep: int) -> dict[str, Run]:
     quiet_pause(bench.pause)
     upload = python_snippet(STREAM_UPLOAD, bucket, TARGZ_KEY)
     script = f"set -o pipefail; tar -cf - {' '.join(SOURCE_DIRS)} | gzip -6 | {upload}"
-    backup = run_measured(["bash", "-c", script], bench.root, bench.env,
-                          bench.log(f"tar-gzip-backup-{rep}"))
+    backup = run_measured(
+        ["bash", "-c", script], bench.root, bench.env, bench.log(f"tar-gzip-backup-{rep}")
+    )
     if not backup.ok:
         return {"backup": backup, "restore": Run(ok=False, note="skipped: backup failed")}
     backup.output_bytes = bench.prefix_bytes(TARGZ_KEY)
     download = python_snippet(STREAM_DOWNLOAD, bucket, TARGZ_KEY)
 
     def restore_argv(dest: Path) -> list[str]:
-        return ["bash", "-c", f"set -o pipefail; {download} | tar -xzf - -C {shlex.quote(str(dest))}"]
+        return [
+            "bash",
+            "-c",
+            f"set -o pipefail; {download} | tar -xzf - -C {shlex.quote(str(dest))}",
+        ]
 
     restore = bench.measure_restore(f"tar-gzip-restore-{rep}", restore_argv)
     return {"backup": backup, "restore": restore}
@@ -475,8 +540,12 @@ def restic_cycle(bench: Bench, rep: int) -> dict[str, Run]:
         note = f"restic init failed: {init.stderr.decode(errors='replace').strip()[-200:]}"
         return {"backup": Run(ok=False, note=note), "restore": Run(ok=False, note=note)}
     quiet_pause(bench.pause)
-    backup = run_measured(["restic", "-r", repo, "backup", *SOURCE_DIRS], bench.root, bench.env,
-                          bench.log(f"restic-backup-{rep}"))
+    backup = run_measured(
+        ["restic", "-r", repo, "backup", *SOURCE_DIRS],
+        bench.root,
+        bench.env,
+        bench.log(f"restic-backup-{rep}"),
+    )
     if not backup.ok:
         return {"backup": backup, "restore": Run(ok=False, note="skipped: backup failed")}
     backup.output_bytes = bench.prefix_bytes(RESTIC_PREFIX + "/")
@@ -585,18 +654,48 @@ class Target:
 
 
 TARGETS = (
-    Target("itsup backup vs naive tarfile + upload", ("itsup", "backup"), ("naive", "backup"),
-           "speedup", 12),
-    Target("itsup backup vs tar | gzip -6 | upload", ("itsup", "backup"), ("tar-gzip", "backup"),
-           "speedup", 5),
-    Target("itsup backup vs restic first backup", ("itsup", "backup"), ("restic", "backup"),
-           "speedup", 1),
-    Target("itsup compressed size vs gzip -6 size", ("itsup", "backup"), ("tar-gzip", "backup"),
-           "size", 1.10),
-    Target("itsup restore vs stream download | tar -xzf", ("itsup", "restore"),
-           ("tar-gzip", "restore"), "speedup", 2),
-    Target("itsup restore vs restic restore", ("itsup", "restore"), ("restic", "restore"),
-           "slowdown", 1.5),
+    Target(
+        "itsup backup vs naive tarfile + upload",
+        ("itsup", "backup"),
+        ("naive", "backup"),
+        "speedup",
+        12,
+    ),
+    Target(
+        "itsup backup vs tar | gzip -6 | upload",
+        ("itsup", "backup"),
+        ("tar-gzip", "backup"),
+        "speedup",
+        5,
+    ),
+    Target(
+        "itsup backup vs restic first backup",
+        ("itsup", "backup"),
+        ("restic", "backup"),
+        "speedup",
+        1,
+    ),
+    Target(
+        "itsup compressed size vs gzip -6 size",
+        ("itsup", "backup"),
+        ("tar-gzip", "backup"),
+        "size",
+        1.10,
+    ),
+    Target(
+        "itsup restore vs stream download | tar -xzf",
+        ("itsup", "restore"),
+        ("tar-gzip", "restore"),
+        "speedup",
+        2,
+    ),
+    Target(
+        "itsup restore vs restic restore",
+        ("itsup", "restore"),
+        ("restic", "restore"),
+        "slowdown",
+        1.5,
+    ),
 )
 
 
@@ -658,12 +757,17 @@ def read_sections(path: Path) -> dict[str, str]:
 
 def write_results(new_sections: dict[str, str], history_line: str) -> None:
     sections = read_sections(RESULTS_FILE)
-    old_history = [line for line in sections.get("history", "").splitlines()
-                   if line.startswith("- ")]
+    old_history = [
+        line for line in sections.get("history", "").splitlines() if line.startswith("- ")
+    ]
     sections.update(new_sections)
     sections["history"] = "\n".join(["## History", "", *old_history, history_line])
-    parts = ["# itsup benchmark results", "",
-             "Written by `bench/bench.py` (see bench/README.md); sizes in MiB.", ""]
+    parts = [
+        "# itsup benchmark results",
+        "",
+        "Written by `bench/bench.py` (see bench/README.md); sizes in MiB.",
+        "",
+    ]
     for name in ("main", "rss-scaling", "history"):
         if name in sections:
             parts += [SECTION_START.format(name), sections[name], SECTION_END.format(name), ""]
@@ -697,7 +801,8 @@ def run_main(args: argparse.Namespace) -> None:
     print("\n" + "\n".join(table) + "\n\n" + "\n".join(ratios))
 
     body = [
-        f"## Latest run: {now()}", "",
+        f"## Latest run: {now()}",
+        "",
         f"- Machine: {machine_description()}",
         f"- Tools: {tool_versions()}",
         f"- Tree: {tree.describe()}",
@@ -705,8 +810,13 @@ def run_main(args: argparse.Namespace) -> None:
         f"restores go to an empty {area_kind} and are verified (file count, bytes, "
         f"{HASH_SAMPLE}+ sampled hashes, acme.json mode).",
         "- Peak RSS: ru_maxrss from os.wait4 (for pipelines, the largest process).",
-        f"- Command: `{command_line()}`", "",
-        *table, "", "### Targets", "", *ratios,
+        f"- Command: `{command_line()}`",
+        "",
+        *table,
+        "",
+        "### Targets",
+        "",
+        *ratios,
     ]
     write_results({"main": "\n".join(body)}, history_line(tree, by_key))
 
@@ -715,13 +825,18 @@ def history_line(tree: synth.TreeStats, by_key: dict[tuple[str, str], Summary]) 
     parts = []
     for key in sorted(by_key):
         s = by_key[key]
-        parts.append(f"{key[0]} {key[1]} " + (f"{s.median('seconds'):.1f}s" if s.good else "failed"))
+        parts.append(
+            f"{key[0]} {key[1]} " + (f"{s.median('seconds'):.1f}s" if s.good else "failed")
+        )
     return f"- {now()}, {tree.bytes / MIB:.0f} MiB / {tree.files} files: " + ", ".join(parts)
 
 
 def run_rss_scaling(args: argparse.Namespace) -> None:
-    rows = ["| Tree MiB | Files | Backup s | Backup peak RSS MiB | Restore s | "
-            "Restore peak RSS MiB | Status |", "|---:|---:|---:|---:|---:|---:|---|"]
+    rows = [
+        "| Tree MiB | Files | Backup s | Backup peak RSS MiB | Restore s | "
+        "Restore peak RSS MiB | Status |",
+        "|---:|---:|---:|---:|---:|---:|---|",
+    ]
     peaks: list[float] = []
     for size in args.scaling_sizes:
         with bench_environment(args, size, f"tree-{size}") as bench:
@@ -732,12 +847,17 @@ def run_rss_scaling(args: argparse.Namespace) -> None:
                 backups.append(result["backup"])
                 restores.append(result["restore"])
             tree = bench.tree
-        b, r = Summary(Scenario("itsup", "backup"), backups), Summary(
-            Scenario("itsup", "restore"), restores)
+        b, r = (
+            Summary(Scenario("itsup", "backup"), backups),
+            Summary(Scenario("itsup", "restore"), restores),
+        )
         cells = []
         for s in (b, r):
-            cells += ([f"{s.median('seconds'):.2f}", f"{s.median('peak_rss_kib') / 1024:.0f}"]
-                      if s.good else ["-", "-"])
+            cells += (
+                [f"{s.median('seconds'):.2f}", f"{s.median('peak_rss_kib') / 1024:.0f}"]
+                if s.good
+                else ["-", "-"]
+            )
         status = "ok" if b.ok and r.ok else (b.status if not b.ok else r.status)
         rows.append(f"| {tree.bytes / MIB:.0f} | {tree.files} | {' | '.join(cells)} | {status} |")
         if b.good and r.good:
@@ -745,13 +865,22 @@ def run_rss_scaling(args: argparse.Namespace) -> None:
         print(rows[-1], flush=True)
     verdict = rss_verdict(peaks, len(args.scaling_sizes))
     print("\n" + "\n".join(rows) + "\n\n" + verdict)
-    body = [f"## Peak RSS scaling: {now()}", "",
-            f"- Machine: {machine_description()}",
-            f"- Small files per tree: {args.small_files}; median of {args.repeat} run(s)",
-            f"- Command: `{command_line()}`", "", *rows, "", verdict]
-    write_results({"rss-scaling": "\n".join(body)},
-                  f"- {now()}, RSS scaling {args.scaling_sizes} MiB: peaks "
-                  f"{', '.join(f'{p:.0f}' for p in peaks) or 'n/a'} MiB")
+    body = [
+        f"## Peak RSS scaling: {now()}",
+        "",
+        f"- Machine: {machine_description()}",
+        f"- Small files per tree: {args.small_files}; median of {args.repeat} run(s)",
+        f"- Command: `{command_line()}`",
+        "",
+        *rows,
+        "",
+        verdict,
+    ]
+    write_results(
+        {"rss-scaling": "\n".join(body)},
+        f"- {now()}, RSS scaling {','.join(map(str, args.scaling_sizes))} MiB: peaks "
+        f"{', '.join(f'{p:.0f}' for p in peaks) or 'n/a'} MiB",
+    )
 
 
 def rss_verdict(peaks: list[float], expected: int) -> str:
@@ -759,10 +888,14 @@ def rss_verdict(peaks: list[float], expected: int) -> str:
         return "- Peak RSS target: N/A (not every size completed)"
     under = peaks[-1] < RSS_TARGET_MIB
     flat = peaks[-1] <= RSS_FLAT_FACTOR * peaks[0]
-    return (f"- Peak RSS at the largest tree: {peaks[-1]:.0f} MiB (target < {RSS_TARGET_MIB}) "
-            f"**{'PASS' if under else 'FAIL'}**\n"
-            f"- Flat with size: largest / smallest = {peaks[-1] / peaks[0]:.2f} "
-            f"(target <= {RSS_FLAT_FACTOR}) **{'PASS' if flat else 'FAIL'}**")
+    decimal_mb = peaks[-1] * MIB / 1e6
+    return (
+        f"- Peak RSS at the largest tree: {peaks[-1]:.0f} MiB = {decimal_mb:.0f} MB "
+        f"(target < {RSS_TARGET_MIB} MiB) "
+        f"**{'PASS' if under else 'FAIL'}**\n"
+        f"- Flat with size: largest / smallest = {peaks[-1] / peaks[0]:.3f} "
+        f"(target <= {RSS_FLAT_FACTOR}) **{'PASS' if flat else 'FAIL'}**"
+    )
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -770,18 +903,30 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--size-mb", type=int, default=1024, help="tree size in MiB")
     parser.add_argument("--small-files", type=int, default=20_000)
     parser.add_argument("--repeat", type=int, default=3, help="runs per scenario (median)")
-    parser.add_argument("--only", default=",".join(METHODS),
-                        help=f"comma-separated subset of {','.join(METHODS)}")
+    parser.add_argument(
+        "--only", default=",".join(METHODS), help=f"comma-separated subset of {','.join(METHODS)}"
+    )
     parser.add_argument("--seed", type=int, default=1)
-    parser.add_argument("--workdir", type=Path,
-                        help="work folder (kept, tree reused); default: a temp dir in /var/tmp")
-    parser.add_argument("--itsup", type=Path, default=Path(sys.executable).parent / "itsup",
-                        help="itsup command (default: next to this Python)")
+    parser.add_argument(
+        "--workdir",
+        type=Path,
+        help="work folder (kept, tree reused); default: a temp dir in /var/tmp",
+    )
+    parser.add_argument(
+        "--itsup",
+        type=Path,
+        default=Path(sys.executable).parent / "itsup",
+        help="itsup command (default: next to this Python)",
+    )
     parser.add_argument("--pause", type=float, default=2.0, help="quiet seconds before a run")
-    parser.add_argument("--rss-scaling", action="store_true",
-                        help="only itsup backup+restore peak RSS on trees of --scaling-sizes")
-    parser.add_argument("--scaling-sizes", default="1024,2048,4096",
-                        help="tree sizes in MiB for --rss-scaling")
+    parser.add_argument(
+        "--rss-scaling",
+        action="store_true",
+        help="only itsup backup+restore peak RSS on trees of --scaling-sizes",
+    )
+    parser.add_argument(
+        "--scaling-sizes", default="1024,2048,4096", help="tree sizes in MiB for --rss-scaling"
+    )
     args = parser.parse_args(argv)
     args.only = [m.strip() for m in args.only.split(",") if m.strip()]
     unknown = set(args.only) - set(METHODS)

@@ -175,8 +175,9 @@ class ContentFactory:
     def __init__(self, seed: int) -> None:
         self.rng = random.Random(seed)
         self.vocab = make_vocabulary(self.rng, 3000)
-        self.paths = ["/" + "/".join(self.rng.sample(self.vocab, self.rng.randint(1, 4)))
-                      for _ in range(400)]
+        self.paths = [
+            "/" + "/".join(self.rng.sample(self.vocab, self.rng.randint(1, 4))) for _ in range(400)
+        ]
         self.agents = [
             "Mozilla/5.0 (X11; Linux x86_64) " + " ".join(self.rng.sample(self.vocab, 3))
             for _ in range(40)
@@ -190,7 +191,9 @@ class ContentFactory:
             kind: [maker(self.rng).encode() for _ in range(POOL_LINES)]
             for kind, maker in makers.items()
         }
-        self.avg_line = {kind: sum(map(len, pool)) // len(pool) for kind, pool in self.pools.items()}
+        self.avg_line = {
+            kind: sum(map(len, pool)) // len(pool) for kind, pool in self.pools.items()
+        }
 
     def _log_line(self, rng: random.Random) -> str:
         return (
@@ -212,7 +215,10 @@ class ContentFactory:
             "tags": [rng.choice(self.vocab), rng.choice(self.vocab)],
             "active": rng.random() < 0.5,
             "score": round(rng.random() * 100, 3),
-            "owner": {"user": rng.choice(self.vocab), "email": f"{rng.choice(self.vocab)}@example.org"},
+            "owner": {
+                "user": rng.choice(self.vocab),
+                "email": f"{rng.choice(self.vocab)}@example.org",
+            },
             "updated": f"2024-{rng.randint(1, 12):02d}-{rng.randint(1, 28):02d}T"
             f"{rng.randint(0, 23):02d}:{rng.randint(0, 59):02d}:00Z",
         }
@@ -362,15 +368,19 @@ def acme_json(factory: ContentFactory) -> str:
         }
         for p in PROJECTS
     ]
-    account = {"Email": "admin@example.org", "PrivateKey": base64.b64encode(
-        factory.incompressible(1200)).decode()}
+    account = {
+        "Email": "admin@example.org",
+        "PrivateKey": base64.b64encode(factory.incompressible(1200)).decode(),
+    }
     return json.dumps({"letsencrypt": {"Account": account, "Certificates": certs}}, indent=2)
 
 
 def write_config_files(root: Path, factory: ContentFactory, config: str, stats: TreeStats) -> None:
     write_text(root / "projects" / "itsup.yml", config)
     for project in PROJECTS:
-        write_text(root / "projects" / project.name / "docker-compose.yml", project_compose(project))
+        write_text(
+            root / "projects" / project.name / "docker-compose.yml", project_compose(project)
+        )
         write_text(root / "projects" / project.name / "ingress.yml", project_ingress(project))
         path = root / "upstream" / project.name / "docker-compose.yml"
         write_text(path, upstream_compose(project))
@@ -396,8 +406,9 @@ def small_file_sizes(rng: random.Random, count: int, budget: int) -> list[int]:
     return sizes
 
 
-def write_small_files(upstream: Path, factory: ContentFactory, sizes: list[int],
-                      stats: TreeStats) -> None:
+def write_small_files(
+    upstream: Path, factory: ContentFactory, sizes: list[int], stats: TreeStats
+) -> None:
     counters = [0] * len(SMALL_DIRS)
     rng = factory.rng
     for size in sizes:
@@ -409,8 +420,11 @@ def write_small_files(upstream: Path, factory: ContentFactory, sizes: list[int],
         n = counters[index]
         counters[index] += 1
         path = upstream / spec.path / f"{n // FILES_PER_DIR:03d}" / f"f{n:06d}.{spec.ext}"
-        data = (factory.compressible(spec.kind, size) if spec.compressible
-                else factory.incompressible(size, spec.ext))
+        data = (
+            factory.compressible(spec.kind, size)
+            if spec.compressible
+            else factory.incompressible(size, spec.ext)
+        )
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(data)
         stats.files += 1
@@ -446,8 +460,13 @@ def numbered(path: str, index: int, count: int) -> str:
     return f"{stem}-{index + 1:04d}.{ext}"
 
 
-def write_large_files(upstream: Path, factory: ContentFactory, compressible_budget: int,
-                      incompressible_budget: int, stats: TreeStats) -> None:
+def write_large_files(
+    upstream: Path,
+    factory: ContentFactory,
+    compressible_budget: int,
+    incompressible_budget: int,
+    stats: TreeStats,
+) -> None:
     for compressible, budget in ((True, compressible_budget), (False, incompressible_budget)):
         shares = [s for s in LARGE_SHARES if s.compressible == compressible]
         total_weight = sum(s.weight for s in shares)
@@ -465,11 +484,18 @@ def write_large_files(upstream: Path, factory: ContentFactory, compressible_budg
                 else:
                     stats.incompressible_bytes += written
                 if written >= 16 * MIB:
-                    stats.large_files.append((path.relative_to(upstream.parent).as_posix(), written))
+                    stats.large_files.append(
+                        (path.relative_to(upstream.parent).as_posix(), written)
+                    )
 
 
-def build_tree(root: Path, size_mb: int = 1024, small_files: int = 20_000, seed: int = 1,
-               config: str | None = None) -> TreeStats:
+def build_tree(
+    root: Path,
+    size_mb: int = 1024,
+    small_files: int = 20_000,
+    seed: int = 1,
+    config: str | None = None,
+) -> TreeStats:
     """Write the synthetic host tree under `root` (which must not exist or be empty)."""
     root.mkdir(parents=True, exist_ok=True)
     if any(root.iterdir()):
@@ -482,8 +508,13 @@ def build_tree(root: Path, size_mb: int = 1024, small_files: int = 20_000, seed:
     sizes = small_file_sizes(factory.rng, small_files, total // 2)
     write_small_files(upstream, factory, sizes, stats)
     half = total // 2
-    write_large_files(upstream, factory, half - stats.compressible_bytes,
-                      total - half - stats.incompressible_bytes, stats)
+    write_large_files(
+        upstream,
+        factory,
+        half - stats.compressible_bytes,
+        total - half - stats.incompressible_bytes,
+        stats,
+    )
     return stats
 
 
@@ -496,8 +527,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--bucket", default="itsup-bench")
     parser.add_argument("--endpoint", default="http://127.0.0.1:9000")
     args = parser.parse_args(argv)
-    stats = build_tree(args.root, args.size_mb, args.small_files, args.seed,
-                       itsup_config(args.bucket, args.endpoint))
+    stats = build_tree(
+        args.root,
+        args.size_mb,
+        args.small_files,
+        args.seed,
+        itsup_config(args.bucket, args.endpoint),
+    )
     print(stats.describe())
     return 0
 

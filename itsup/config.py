@@ -10,14 +10,27 @@ placeholder are secret-aware: they print as `***`.
 from __future__ import annotations
 
 import difflib
+import json
 import os
 import re
 from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, get_args, get_origin
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    BeforeValidator,
+    ConfigDict,
+    Discriminator,
+    Field,
+    SecretStr,
+    Tag,
+    ValidationError,
+    ValidationInfo,
+    field_validator,
+)
 
 from itsup.errors import ConfigError
 from itsup.layout import Layout
@@ -26,6 +39,39 @@ Path_ = tuple[str | int, ...]
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Sections itsup itself reads; the rest of itsup.yml belongs to other tools.
 OWN_SECTIONS = ("backup",)
+
+
+class Expanded(str):
+    """A string that was wholly one `${VAR}` placeholder (and may be a secret)."""
+
+
+def _typed(value: Any) -> Any:
+    # `part_size_mb: ${PART}` expands to the text "16"; read it as YAML would
+    # have read the literal, so placeholders work for numbers and booleans too.
+    if isinstance(value, Expanded):
+        try:
+            parsed = yaml.safe_load(value)
+        except yaml.YAMLError:
+            return value
+        if isinstance(parsed, bool | int):
+            return parsed
+    return value
+
+
+Flag = Annotated[bool, BeforeValidator(_typed)]
+Count = Annotated[int, BeforeValidator(_typed)]
+
+
+def _recipient(value: str) -> str:
+    from itsup.pipeline.crypt import parse_recipient
+
+    if value.strip().upper().startswith("AGE-SECRET-KEY-"):
+        raise ValueError(
+            "this is an age secret key (identity), not a public recipient; "
+            "give its public key (age-keygen -y) and keep the secret key out of itsup.yml"
+        )
+    parse_recipient(value)
+    return value
 
 
 class _Strict(BaseModel):
@@ -41,8 +87,8 @@ class S3Config(_Strict):
     secret_access_key: SecretStr | None = None
     session_token: SecretStr | None = None
     storage_class: str | None = None
-    part_size_mb: int = Field(default=16, ge=5, le=5120)
-    max_concurrency: int = Field(default=4, ge=1, le=64)
+    part_size_mb: Count = Field(default=16, ge=5, le=5120)
+    max_concurrency: Count = Field(default=4, ge=1, le=64)
     addressing_style: Literal["auto", "path", "virtual"] = "path"
 
     @field_validator("endpoint")
@@ -68,32 +114,39 @@ class LocalConfig(_Strict):
 class CompressionConfig(_Strict):
     codec: Literal["gzip", "none"] = "gzip"
     # ISA-L's levels: 0 fastest .. 3 smallest; the output is standard gzip.
-    level: int = Field(default=1, ge=0, le=3)
-    threads: int = Field(default=2, ge=1, le=64)
+    level: Count = Field(default=1, ge=0, le=3)
+    threads: Count = Field(default=2, ge=1, le=64)
 
 
 class EncryptionConfig(_Strict):
-    recipients: list[str] = Field(min_length=1)
+    recipients: list[Annotated[str, AfterValidator(_recipient)]] = Field(min_length=1)
     identity_file: str | None = None
 
-    @field_validator("recipients")
-    @classmethod
-    def _recipients_parse(cls, value: list[str]) -> list[str]:
-        from itsup.pipeline.crypt import parse_recipient
 
-        for item in value:
-            parse_recipient(item)
-        return value
+def _compression_kind(value: Any) -> str:
+    return "settings" if isinstance(value, dict | CompressionConfig) else "switch"
 
 
 class BackupConfig(_Strict):
     s3: S3Config | None = None
     local: LocalConfig | None = None
     target: Literal["s3", "local"] | None = None
-    include_volumes: bool = False
-    compression: bool | CompressionConfig = True
+    include_volumes: Flag = False
+    # `compression: true|false` as the spec writes it, or a mapping of settings.
+    compression: Annotated[
+        Annotated[Flag, Tag("switch")] | Annotated[CompressionConfig, Tag("settings")],
+        Discriminator(_compression_kind),
+    ] = True
     encryption: EncryptionConfig | None = None
     exclude: list[str] = Field(default_factory=list)
+
+    @field_validator("target")
+    @classmethod
+    def _target_is_configured(cls, value: str | None, info: ValidationInfo) -> str | None:
+        # A failed `s3` section is absent from info.data: reported on its own.
+        if value == "s3" and "s3" in info.data and info.data["s3"] is None:
+            raise ValueError("is 's3', but there is no backup.s3 section")
+        return value
 
     @property
     def compression_settings(self) -> CompressionConfig:
@@ -107,13 +160,24 @@ class ItsupConfig(BaseModel):
     backup: BackupConfig = Field(default_factory=BackupConfig)
 
 
-# -- step 1: read secrets -----------------------------------------------------
+# -- step 1: read files ---------------------------------------------------------
+
+
+def _read_text(path: Path, what: str) -> str:
+    try:
+        return path.read_text(encoding="utf-8")
+    except UnicodeDecodeError as exc:
+        raise ConfigError(
+            f"{path}: {what} is not UTF-8 text (bad byte at offset {exc.start})"
+        ) from None
+    except OSError as exc:
+        raise ConfigError(f"{path}: cannot read {what}: {exc.strerror or exc}") from None
 
 
 def read_dotenv(path: Path) -> dict[str, str]:
     """Parse a dotenv file (KEY=VALUE, `export` prefix, quotes, # comments)."""
     values: dict[str, str] = {}
-    for lineno, raw in enumerate(path.read_text(encoding="utf-8").splitlines(), 1):
+    for lineno, raw in enumerate(_read_text(path, "the secrets file").splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -122,6 +186,7 @@ def read_dotenv(path: Path) -> dict[str, str]:
         key, sep, value = line.partition("=")
         key = key.strip()
         if not sep or not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            # Never echo the line: it may hold a secret.
             raise ConfigError(f"{path}:{lineno}: not a KEY=VALUE line")
         value = value.strip()
         if len(value) >= 2 and value[0] == value[-1] and value[0] in "'\"":
@@ -133,18 +198,55 @@ def read_dotenv(path: Path) -> dict[str, str]:
 # -- step 2: parse YAML keeping line numbers ------------------------------------
 
 
+def _dotted(path: Path_) -> str:
+    """A key path as `backup.s3.bucket`; odd keys quoted so a message stays one line."""
+    return ".".join(str(p) if re.fullmatch(r"[\w-]+", str(p)) else json.dumps(str(p)) for p in path)
+
+
 def _line_index(node: yaml.Node, path: Path_ = ()) -> Iterator[tuple[Path_, int]]:
-    yield path, node.start_mark.line + 1
-    if isinstance(node, yaml.MappingNode):
+    seen: set[int] = set()
+
+    def walk(node: yaml.Node, path: Path_) -> Iterator[tuple[Path_, int]]:
+        yield path, node.start_mark.line + 1
+        if id(node) in seen:  # an alias of a node already indexed (or a recursive one)
+            return
+        seen.add(id(node))
+        if isinstance(node, yaml.MappingNode):
+            for key_node, value_node in node.value:
+                key = str(key_node.value)
+                yield (*path, key), key_node.start_mark.line + 1
+                for sub_path, line in walk(value_node, (*path, key)):
+                    if sub_path != (*path, key):
+                        yield sub_path, line
+        elif isinstance(node, yaml.SequenceNode):
+            for i, item in enumerate(node.value):
+                yield from walk(item, (*path, i))
+
+    yield from walk(node, path)
+
+
+def _duplicates(node: yaml.Node, source: str) -> list[tuple[int, str]]:
+    """Keys given twice at the top level or inside itsup's own sections."""
+    found: list[tuple[int, str]] = []
+
+    def check(node: yaml.Node, path: Path_, deep: bool, seen: set[int]) -> None:
+        if not isinstance(node, yaml.MappingNode) or id(node) in seen:
+            return
+        seen.add(id(node))
+        first: dict[str, int] = {}
         for key_node, value_node in node.value:
-            key = key_node.value
-            yield (*path, key), key_node.start_mark.line + 1
-            for sub_path, line in _line_index(value_node, (*path, key)):
-                if sub_path != (*path, key):
-                    yield sub_path, line
-    elif isinstance(node, yaml.SequenceNode):
-        for i, item in enumerate(node.value):
-            yield from _line_index(item, (*path, i))
+            key = str(key_node.value)
+            line = key_node.start_mark.line + 1
+            if key in first:
+                where = f"{source}:{line}: {_dotted((*path, key))}"
+                found.append((line, f"{where}: duplicate key (first given at line {first[key]})"))
+            else:
+                first[key] = line
+            if deep or key in OWN_SECTIONS:
+                check(value_node, (*path, key), True, seen)
+
+    check(node, (), False, set())
+    return found
 
 
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
@@ -154,11 +256,23 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
-        raise ConfigError(f"{where}: broken YAML: {exc.problem or exc}") from None
+        context = ""
+        if exc.context and exc.context_mark and exc.context_mark is not mark:
+            context = f" ({exc.context} at line {exc.context_mark.line + 1})"
+        raise ConfigError(f"{where}: broken YAML: {exc.problem or exc}{context}") from None
+    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
+        line = text.count("\n", 0, exc.position) + 1
+        raise ConfigError(
+            f"{source}:{line}: broken YAML: {exc.reason} character {exc.character!r}"
+        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: broken YAML: {exc}") from None
-    lines = dict(_line_index(node)) if node is not None else {}
-    return data, lines
+        raise ConfigError(f"{source}: broken YAML: {' '.join(str(exc).split())}") from None
+    if node is None:
+        return data, {}
+    duplicates = _duplicates(node, source)
+    if duplicates:
+        raise ConfigError([text for _, text in sorted(duplicates)])
+    return data, dict(_line_index(node))
 
 
 # -- step 3: expand placeholders ----------------------------------------------
@@ -167,7 +281,11 @@ def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
 def expand(
     data: Any, lookup: Callable[[str], str | None], path: Path_ = ()
 ) -> tuple[Any, list[tuple[Path_, str]], set[Path_]]:
-    """Expand `${VAR}` / `${VAR:-default}` in strings; return (data, undefined, expanded paths)."""
+    """Expand `${VAR}` / `${VAR:-default}` in strings; return (data, undefined, expanded paths).
+
+    A string that is exactly one placeholder becomes an `Expanded` string, so
+    that number and boolean settings can be given by placeholder too.
+    """
     undefined: list[tuple[Path_, str]] = []
     touched: set[Path_] = set()
 
@@ -188,7 +306,8 @@ def expand(
                 touched.add(where)
                 return found
 
-            return PLACEHOLDER.sub(repl, value)
+            result = PLACEHOLDER.sub(repl, value)
+            return Expanded(result) if PLACEHOLDER.fullmatch(value) else result
         return value
 
     return walk(data, path), undefined, touched
@@ -197,65 +316,95 @@ def expand(
 # -- step 4: validate and report ------------------------------------------------
 
 
-def _describe(error: Any, model: type[BaseModel]) -> str:
+def _describe(error: Any, loc: Path_) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        known = _known_keys(model, error["loc"][:-1])
-        close = difflib.get_close_matches(str(error["loc"][-1]), known, n=1)
-        tip = f" (did you mean '{close[0]}'?)" if close else f" (known: {', '.join(known)})"
-        return "unknown key" + tip
+        known = _known_keys(ItsupConfig, loc[:-1])
+        close = difflib.get_close_matches(str(loc[-1]).lower(), known, n=1)
+        if close:
+            return f"unknown key (did you mean '{close[0]}'?)"
+        return "unknown key" + (f" (known: {', '.join(known)})" if known else "")
     if kind == "missing":
         return "required key is missing"
     message = str(error["msg"])
+    for noise in ("Value error, ", "Assertion failed, "):
+        message = message.removeprefix(noise)
     return message[0].lower() + message[1:]
 
 
-def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    current: Any = model
+def _models_in(annotation: Any) -> list[type[BaseModel]]:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return [annotation]
+    if get_origin(annotation) is Annotated:
+        return _models_in(get_args(annotation)[0])
+    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+
+
+def _known_keys(model: type[BaseModel], loc: Path_) -> list[str]:
+    current: type[BaseModel] = model
     for part in loc:
         if isinstance(part, int):
             continue
-        field = getattr(current, "model_fields", {}).get(part)
+        field = current.model_fields.get(part)
         if field is None:
             return []
-        annotation = field.annotation
-        candidates = [
-            a
-            for a in getattr(annotation, "__args__", (annotation,))
-            if isinstance(a, type) and issubclass(a, BaseModel)
-        ]
+        candidates = _models_in(field.annotation)
         if not candidates:
             return []
         current = candidates[0]
-    return sorted(getattr(current, "model_fields", {}))
+    return sorted(current.model_fields)
 
 
-def _clean_loc(loc: tuple[Any, ...]) -> Path_:
-    # pydantic adds union member tags such as 'CompressionConfig' or 'bool'.
-    return tuple(
-        p
-        for p in loc
-        if not (
-            isinstance(p, str)
-            and (p[:1].isupper() or p in {"bool", "str", "int", "list[str]", "none"})
-        )
-    )
+def _locate(loc: tuple[Any, ...], data: Any, missing: bool) -> Path_:
+    """The key path an error is about, in the operator's document.
+
+    pydantic's locations also hold union member tags and markers such as
+    '[key]'; keep only the steps that exist in the document (and, for a
+    missing key, the key itself).
+    """
+    out: list[str | int] = []
+    node = data
+    for i, part in enumerate(loc):
+        if isinstance(node, dict) and part in node:
+            out.append(str(part))
+            node = node[part]
+        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
+            out.append(part)
+            node = node[part]
+        elif missing and i == len(loc) - 1 and isinstance(part, str):
+            out.append(part)
+    return tuple(out)
 
 
-def _report(exc: ValidationError, source: str, lines: dict[Path_, int]) -> list[str]:
+def _report(
+    exc: ValidationError,
+    data: Any,
+    source: str,
+    lines: dict[Path_, int],
+    skip: set[Path_] | None = None,
+    hidden: set[str] | None = None,
+) -> list[tuple[int, str]]:
     problems: dict[Path_, str] = {}
     for error in exc.errors():
-        loc = _clean_loc(tuple(error["loc"]))
-        if loc in problems:
-            continue
-        problems[loc] = _describe(error, ItsupConfig)
+        loc = _locate(tuple(error["loc"]), data, error["type"] == "missing")
+        if any(loc[: len(s)] == s for s in skip or ()):
+            continue  # already reported (an undefined placeholder)
+        if loc not in problems:
+            problems[loc] = _describe(error, loc)
     out = []
     for loc, text in problems.items():
         line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
         where = f"{source}:{line}" if line else source
-        key = ".".join(str(p) for p in loc) or "(top level)"
-        out.append(f"{where}: {key}: {text}")
+        key = _dotted(loc) or "(top level)"
+        out.append((line or 0, f"{where}: {key}: {_hide(text, hidden or set())}"))
     return out
+
+
+def _hide(text: str, secrets: set[str]) -> str:
+    """Replace secret values in a message by `***` (longest first)."""
+    for value in sorted(secrets, key=len, reverse=True):
+        text = text.replace(value, "***")
+    return text
 
 
 def load_secrets(layout: Layout) -> dict[str, str]:
@@ -269,38 +418,58 @@ def load_config(
     """Load and validate itsup.yml for a host root, or raise ConfigError listing every problem."""
     source = str(layout.config_file)
     try:
-        text = layout.config_file.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{source}: cannot read: {exc.strerror}") from None
-    data, lines = parse_yaml(text, source)
+        return _load(layout, source, environ, secrets)
+    except RecursionError:
+        raise ConfigError(
+            f"{source}: nested too deeply (or an &anchor that refers to itself)"
+        ) from None
+
+
+def _load(
+    layout: Layout, source: str, environ: dict[str, str] | None, secrets: dict[str, str] | None
+) -> ItsupConfig:
+    data, lines = parse_yaml(_read_text(layout.config_file, "the config file"), source)
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise ConfigError(f"{source}:1: the top level must be a mapping of sections")
+        raise ConfigError(
+            f"{source}:{lines.get((), 1)}: the top level must be a mapping of sections"
+        )
     if secrets is None:
         secrets = load_secrets(layout)
     env = os.environ if environ is None else environ
+    used: set[str] = set()
 
     def lookup(name: str) -> str | None:
         assert secrets is not None
-        return secrets.get(name, env.get(name))
+        found = secrets.get(name, env.get(name))
+        if found is not None:
+            used.add(found)
+        return found
 
     own = {k: v for k, v in data.items() if k in OWN_SECTIONS}
     expanded, undefined, _ = expand(own, lookup)
     problems = []
     for where, name in undefined:
         line = lines.get(where)
-        key = ".".join(str(p) for p in where)
+        key = _dotted(where)
         problems.append(
-            f"{source}:{line}: {key}: ${{{name}}} is not defined in "
-            f"{layout.shared_secrets.relative_to(layout.root)} or the environment"
+            (
+                line or 0,
+                f"{source}:{line}: {key}: ${{{name}}} is not defined in "
+                f"{layout.shared_secrets.relative_to(layout.root)} or the environment",
+            )
         )
-    if problems:
-        raise ConfigError(problems)
     merged = {**data, **expanded}
     if merged.get("backup") is None:
         merged["backup"] = {}
     try:
-        return ItsupConfig.model_validate(merged)
+        config = ItsupConfig.model_validate(merged)
     except ValidationError as exc:
-        raise ConfigError(_report(exc, source, lines)) from None
+        skip = {where for where, _ in undefined}
+        hidden = {v for v in (*used, *secrets.values()) if len(v) >= 4}
+        problems += _report(exc, merged, source, lines, skip, hidden)
+    if problems:
+        ordered = sorted(problems, key=lambda p: p[0])  # stable: file order
+        raise ConfigError([text for _, text in ordered])
+    return config

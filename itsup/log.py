@@ -18,6 +18,7 @@ def configure(verbose: bool = False) -> None:
         console = logging.StreamHandler(sys.stderr)
         console.setLevel(logging.INFO if verbose else logging.WARNING)
         console.setFormatter(logging.Formatter("itsup: %(levelname)s: %(message)s"))
+        console.addFilter(lambda record: getattr(record, "console", True))
         console._itsup_console = True  # type: ignore[attr-defined]
         root.addHandler(console)
     root.propagate = False

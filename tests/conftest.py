@@ -17,7 +17,7 @@ import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
-from s3server import S3Server, start_s3_server  # noqa: E402
+from s3server import S3Server, start_s3_server
 
 REPO = Path(__file__).resolve().parent.parent
 ITSUP = [sys.executable, "-m", "itsup"]
@@ -45,8 +45,13 @@ class Result:
     err: str
 
 
-def run_itsup(*args: str | os.PathLike[str], root: Path | None = None, env: dict[str, str] | None = None,
-              stdin: str | None = None, timeout: float = 300) -> Result:
+def run_itsup(
+    *args: str | os.PathLike[str],
+    root: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 300,
+) -> Result:
     """Run the installed `itsup` command as an operator would, in a subprocess."""
     cmd = [*ITSUP]
     if root is not None:
@@ -54,8 +59,15 @@ def run_itsup(*args: str | os.PathLike[str], root: Path | None = None, env: dict
     cmd += [str(a) for a in args]
     full_env = {**os.environ, **(env or {})}
     full_env.pop("ITSUP_ROOT", None) if root is not None else None
-    proc = subprocess.run(cmd, capture_output=True, text=True, env=full_env, timeout=timeout,
-                          input=stdin if stdin is not None else "", cwd=str(root or REPO))
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        input=stdin if stdin is not None else "",
+        cwd=str(root or REPO),
+    )
     return Result(proc.returncode, proc.stdout, proc.stderr)
 
 
@@ -89,7 +101,9 @@ def s3_secrets(root: Path, server: S3Server) -> None:
 def make_host(root: Path, *, volumes: bool = True) -> Path:
     """A small host tree as the spec lays it out."""
     (root / "projects" / "app").mkdir(parents=True, exist_ok=True)
-    (root / "projects" / "app" / "docker-compose.yml").write_text("services:\n  web:\n    image: nginx\n")
+    (root / "projects" / "app" / "docker-compose.yml").write_text(
+        "services:\n  web:\n    image: nginx\n"
+    )
     (root / "projects" / "app" / "ingress.yml").write_text("enabled: true\n")
     (root / "projects" / "traefik.yml").write_text("log:\n  level: INFO\n")
     for project in ("app", "blog"):
@@ -106,6 +120,8 @@ def make_host(root: Path, *, volumes: bool = True) -> Path:
     acme = traefik / "acme.json"
     acme.write_text('{"letsencrypt": {"Certificates": []}}\n')
     acme.chmod(0o600)
-    (root / "proxy" / "docker-compose.yml").write_text("services:\n  traefik:\n    image: traefik\n")
+    (root / "proxy" / "docker-compose.yml").write_text(
+        "services:\n  traefik:\n    image: traefik\n"
+    )
     (root / "logs").mkdir(exist_ok=True)
     return root

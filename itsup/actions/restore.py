@@ -25,12 +25,12 @@ from typing import Any, BinaryIO
 import pyrage
 from isal import igzip_threaded
 
-from itsup.errors import IntegrityError, ItsupError, NotFoundError, UsageError
+from itsup.errors import ConfigError, IntegrityError, ItsupError, NotFoundError, UsageError
 from itsup.generation import Generation, scan, select_generation
 from itsup.host import Host
 from itsup.manifest import Entry, Manifest, read_index
 from itsup.pipeline.crypt import decrypting_reader, default_identity_file, load_identities
-from itsup.pipeline.extract import Extractor
+from itsup.pipeline.extract import Extractor, check_entry
 from itsup.pipeline.stream import GuardedReader, HashingReader
 from itsup.storage import Target
 
@@ -141,6 +141,12 @@ def load_index(target: Target, manifest: Manifest, identities: list[Any]) -> byt
         try:
             data = pyrage.decrypt(data, identities)
         except pyrage.DecryptError as exc:
+            if "no matching keys" in str(exc).lower():  # the bytes are intact: wrong key
+                raise ConfigError(
+                    f"{manifest.generation}: none of the age identities can decrypt it",
+                    hint="point backup.encryption.identity_file or ITSUP_AGE_IDENTITY at "
+                    "the key matching the recipients it was encrypted to",
+                ) from None
             raise IntegrityError(
                 f"{manifest.generation}: cannot decrypt its file index ({exc})"
             ) from None
@@ -189,7 +195,9 @@ def plan_restore(
     dest = Path(to).expanduser().resolve() if to else host.layout.root
     plan = RestorePlan(gen, manifest, scope, dest, index_bytes, identities, target)
     matched = False
+    links: set[str] = set()
     for entry in plan.entries():
+        check_entry(entry, links)  # the index obeys the archive's rules
         if scope.selects(entry.path):
             matched = True
             plan.changes.append(Change(entry.path, _compare(entry, dest)))
@@ -210,9 +218,13 @@ def _open_archive(plan: RestorePlan) -> tuple[BinaryIO, HashingReader]:
     what = plan.manifest.archive.key
     raw = plan.target.open_reader(what)
     hashed = HashingReader(raw)
-    stream: Any = io.BufferedReader(hashed, MiB)
     if plan.manifest.encrypted:
-        stream = decrypting_reader(stream, plan.identities, what)
+        # `hashed` itself (the targets' readers are buffered already): the decrypting
+        # thread lets go of its reader when done, and a collected BufferedReader around
+        # `hashed` would close it before run_restore drains it.
+        stream: Any = decrypting_reader(hashed, plan.identities, what)
+    else:
+        stream = io.BufferedReader(hashed, MiB)
     if plan.manifest.compression == "gzip":
         stream = igzip_threaded.open(GuardedReader(stream, what), "rb", threads=1, block_size=MiB)
     return io.BufferedReader(GuardedReader(stream, what), MiB), hashed
@@ -296,10 +308,10 @@ def swap_into_place(staging: Path, dest: Path, aside: Path, scope: Scope) -> Non
             return
         dst_is_dir = dst.is_dir() and not dst.is_symlink()
         if src_is_dir and dst_is_dir:
+            st = os.lstat(src)  # before moving children out changes its mtime
             for child in sorted(os.listdir(src)):
                 visit(f"{rel}/{child}")
             if scope.selects(rel):
-                st = os.lstat(src)
                 os.chmod(dst, st.st_mode & 0o7777)
                 with contextlib.suppress(PermissionError):
                     os.chown(dst, st.st_uid, st.st_gid) if os.geteuid() == 0 else None

@@ -11,7 +11,7 @@ import click
 
 from itsup import __version__
 from itsup.cli.output import err
-from itsup.errors import ConfigError, ExitCode, Interrupted, ItsupError
+from itsup.errors import ConfigError, ExitCode, ItsupError
 from itsup.log import configure
 
 
@@ -53,8 +53,14 @@ def _register() -> None:
 _register()
 
 
+class _Stopped(KeyboardInterrupt):
+    """SIGTERM, raised as a BaseException like Ctrl-C: libraries catch Exception
+    broadly (botocore retries any error raised while it waits on the network), and
+    would swallow an Exception raised from the handler."""
+
+
 def _on_signal(signum: int, _frame: Any) -> None:
-    raise Interrupted(f"stopped by {signal.Signals(signum).name}")
+    raise _Stopped(f"stopped by {signal.Signals(signum).name}")
 
 
 def _report(exc: ItsupError) -> None:
@@ -68,11 +74,20 @@ def _report(exc: ItsupError) -> None:
         err.print(f"itsup: hint: {exc.hint}", markup=False)
 
 
+def _interrupted(exc: KeyboardInterrupt) -> int:
+    how = str(exc) or "interrupted"
+    logging.getLogger("itsup").error("%s (exit 130)", how, extra={"console": False})
+    err.print(f"itsup: {how}; nothing half-written is offered for restore", markup=False)
+    return ExitCode.INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     signal.signal(signal.SIGTERM, _on_signal)
     try:
         result = cli.main(args=argv, prog_name="itsup", standalone_mode=False)
-    except click.exceptions.Abort:
+    except click.exceptions.Abort as exc:
+        if isinstance(exc.__cause__, KeyboardInterrupt):  # click wraps Ctrl-C and SIGTERM
+            return _interrupted(exc.__cause__)
         err.print("itsup: aborted", markup=False)
         return ExitCode.INTERRUPTED
     except click.ClickException as exc:
@@ -81,16 +96,19 @@ def main(argv: list[str] | None = None) -> int:
     except click.exceptions.Exit as exc:
         return int(exc.exit_code)
     except ItsupError as exc:
-        logging.getLogger("itsup").debug("failed: %s", exc.message)
+        # Goes to logs/backup.log (the spec monitors it for errors); the console
+        # line comes from _report, so the console handler is skipped here.
+        logging.getLogger("itsup").error(
+            "%s (exit %d)", exc.message, int(exc.exit_code), extra={"console": False}
+        )
         _report(exc)
         return int(exc.exit_code)
-    except KeyboardInterrupt:
-        err.print("itsup: interrupted; nothing half-written is offered for restore", markup=False)
-        return ExitCode.INTERRUPTED
+    except KeyboardInterrupt as exc:
+        return _interrupted(exc)
     except BrokenPipeError:
         return ExitCode.FAILURE
     except Exception as exc:  # the last line of defence: no tracebacks for operators
-        logging.getLogger("itsup").exception("internal error")
+        logging.getLogger("itsup").exception("internal error", extra={"console": False})
         err.print(f"itsup: internal error: {type(exc).__name__}: {exc}", markup=False)
         err.print(
             "itsup: hint: this is a bug in itsup; the details are in logs/backup.log "

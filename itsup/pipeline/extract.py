@@ -110,6 +110,8 @@ def check_member(info: tarfile.TarInfo, symlinks: set[str]) -> Member:
             raise IntegrityError(
                 f"{where}: path goes through a symlink from the same archive; refused"
             )
+    if path in symlinks:  # a folder here would be chmod-ed through the link
+        raise IntegrityError(f"{where}: replaces a symlink from the same archive; refused")
     if info.isdir():
         kind = "dir"
     elif info.isreg():
@@ -138,6 +140,65 @@ def check_member(info: tarfile.TarInfo, symlinks: set[str]) -> Member:
         info.size if kind == "file" else 0,
         info.linkname or None,
     )
+
+
+_ENTRY_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}
+
+
+def check_entry(entry: Entry, symlinks: set[str]) -> None:
+    """Apply the member rules to an index entry, so no plan lists a hostile path.
+
+    Adds the entry to `symlinks` when it is one, as the extractor does.
+    """
+    info = tarfile.TarInfo(entry.path)
+    info.type = _ENTRY_TYPES.get(entry.type, tarfile.FIFOTYPE)  # unknown: refused
+    info.linkname = entry.link or ""
+    info.size = entry.size
+    check_member(info, symlinks)
+    if entry.type == "symlink":
+        symlinks.add(entry.path)
+
+
+def _resolve(
+    start: list[str], target: str, links: dict[str, str], hops: list[int]
+) -> list[str] | None:
+    """Follow `target` from folder `start` as the OS would, through the archive's
+    own symlinks; None when it climbs above the top."""
+    here = list(start)
+    for part in target.split("/"):
+        if part in ("", "."):
+            continue
+        if part == "..":
+            if not here:
+                return None
+            here.pop()
+            continue
+        here.append(part)
+        link = links.get("/".join(here))
+        if link is not None:
+            hops[0] += 1
+            if hops[0] > 40:  # like the OS (ELOOP): give up without going anywhere
+                return here
+            resolved = _resolve(here[:-1], link, links, hops)
+            if resolved is None:
+                return None
+            here = resolved
+    return here
+
+
+def check_link_chains(links: dict[str, str]) -> None:
+    """Refuse symlinks that each stay inside by their text, but leave it together.
+
+    `proxy/x/a -> ..` and `proxy/b -> x/a/../../..` both look inside, yet
+    `proxy/b` resolves to the folder above the destination. Checked when the
+    whole archive has been read, so the order of the members does not matter.
+    """
+    for path, target in links.items():
+        if _resolve(path.split("/")[:-1], target, links, [0]) is None:
+            raise IntegrityError(
+                f"archive member {path!r}: symlink leads outside the destination "
+                "through other symlinks of the archive; refused"
+            )
 
 
 def _match_index(member: Member, expected: Iterator[Entry] | None) -> None:
@@ -187,6 +248,8 @@ class Extractor:
         self.futures: list[Future[None]] = []
         self.dirs: list[Member] = []
         self.symlinks: set[str] = set()
+        self.link_targets: dict[str, str] = {}
+        self.current: str | None = None  # the member being read, for error messages
         self.made_dirs: set[str] = set()
         self.stats = ExtractStats()
         self.on_bytes = on_bytes or (lambda n: None)
@@ -301,6 +364,11 @@ class Extractor:
                 self._stop_large_writer()
             self._check_futures(wait=True)
             self._apply_dirs()
+        except FileExistsError as exc:  # staging starts empty: the archive repeats a path
+            name = os.path.relpath(exc.filename2 or exc.filename, self.staging)
+            raise IntegrityError(
+                f"archive member {name!r} appears twice in the archive; refused"
+            ) from None
         except OSError as exc:
             if exc.errno == errno.ENOSPC:
                 raise ItsupError(
@@ -310,7 +378,8 @@ class Extractor:
                 f"writing below {self.staging.parent}: {exc.strerror or exc}"
             ) from None
         except tarfile.TarError as exc:
-            raise IntegrityError(f"the archive is damaged: {exc}") from None
+            at = f" (at or after member {self.current!r})" if self.current else ""
+            raise IntegrityError(f"the archive is damaged{at}: {exc}") from None
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
         return self.stats
@@ -320,9 +389,11 @@ class Extractor:
         for info in reader:
             m = check_member(info, self.symlinks)
             _match_index(m, self.expected)
+            self.current = m.path
             self.stats.members += 1
             if m.type == "symlink":
                 self.symlinks.add(m.path)
+                self.link_targets[m.path] = m.link or ""
             if not self.selected(m.path):
                 continue
             self._ensure_parent(m.path)
@@ -350,6 +421,7 @@ class Extractor:
                     self._write_large(m, reader)
                 self.stats.files += 1
                 self.stats.bytes += m.size
+        check_link_chains(self.link_targets)
         if self.expected is not None:
             extra = next(self.expected, None)
             if extra is not None:

@@ -11,6 +11,7 @@ import errno
 import os
 import secrets
 import shutil
+import stat
 from collections.abc import Iterator
 from pathlib import Path
 from typing import BinaryIO
@@ -19,6 +20,17 @@ from itsup.errors import NotFoundError, StorageError
 from itsup.storage.base import ObjectInfo
 
 PARTIAL_MARK = ".partial-"
+# Backups hold acme.json's private keys and volumes' data: only the owner reads them.
+FILE_MODE, DIR_MODE = 0o600, 0o700
+
+
+def _private(path: str, flags: int) -> int:
+    return os.open(path, flags, FILE_MODE)
+
+
+# What the OS says when no object file is at a key: nothing there, a folder
+# there (an S3 "prefix", not an object), or a file where a folder would be.
+_ABSENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
 
 
 def _fsync_dir(path: Path) -> None:
@@ -36,8 +48,8 @@ class LocalWriter:
         self.name = name
         self.size = 0
         try:
-            final.parent.mkdir(parents=True, exist_ok=True)
-            self.fh = open(self.tmp, "xb")  # noqa: SIM115 - closed in commit/abort
+            final.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
+            self.fh = open(self.tmp, "xb", opener=_private)  # noqa: SIM115 - closed in commit/abort
         except OSError as exc:
             raise StorageError(f"{name}: cannot create {self.tmp}: {exc.strerror}") from None
 
@@ -98,7 +110,7 @@ class LocalTarget:
     def get(self, key: str) -> bytes:
         try:
             return self._path(key).read_bytes()
-        except FileNotFoundError:
+        except _ABSENT:
             raise NotFoundError(f"{self.name}: no object {key}") from None
         except OSError as exc:
             raise StorageError(f"{self.name}: reading {key}: {exc.strerror}") from None
@@ -109,7 +121,7 @@ class LocalTarget:
     def open_reader(self, key: str) -> BinaryIO:
         try:
             return open(self._path(key), "rb")
-        except FileNotFoundError:
+        except _ABSENT:
             raise NotFoundError(f"{self.name}: no object {key}") from None
         except OSError as exc:
             raise StorageError(f"{self.name}: reading {key}: {exc.strerror}") from None
@@ -117,10 +129,12 @@ class LocalTarget:
     def stat(self, key: str) -> ObjectInfo:
         try:
             st = self._path(key).stat()
-        except FileNotFoundError:
+        except _ABSENT:
             raise NotFoundError(f"{self.name}: no object {key}") from None
         except OSError as exc:
             raise StorageError(f"{self.name}: {key}: {exc.strerror}") from None
+        if not stat.S_ISREG(st.st_mode):
+            raise NotFoundError(f"{self.name}: no object {key}")
         return ObjectInfo(key, st.st_size, st.st_mtime)
 
     def list(self, prefix: str) -> Iterator[ObjectInfo]:
@@ -142,21 +156,24 @@ class LocalTarget:
     def delete(self, key: str) -> None:
         try:
             self._path(key).unlink()
-        except FileNotFoundError:
+        except _ABSENT:
             pass
         except OSError as exc:
             raise StorageError(f"{self.name}: deleting {key}: {exc.strerror}") from None
 
     def copy(self, src: str, dst: str) -> None:
         source, final = self._path(src), self._path(dst)
+        self.stat(src)  # NotFoundError unless `src` is an object
         tmp = final.with_name(f"{final.name}{PARTIAL_MARK}{secrets.token_hex(4)}")
         try:
+            final.parent.mkdir(mode=DIR_MODE, parents=True, exist_ok=True)
             try:
                 os.link(source, tmp)  # no second copy of the data on disk
             except OSError as exc:
                 if exc.errno == errno.ENOENT:
                     raise
                 shutil.copyfile(source, tmp)
+                os.chmod(tmp, FILE_MODE)
             os.replace(tmp, final)
         except FileNotFoundError:
             raise NotFoundError(f"{self.name}: no object {src}") from None
@@ -172,8 +189,12 @@ class LocalTarget:
         if start.is_dir():
             for dirpath, _dirs, files in os.walk(start):
                 for fname in files:
-                    if PARTIAL_MARK in fname:
+                    if PARTIAL_MARK not in fname:
+                        continue
+                    full = Path(dirpath) / fname
+                    key = full.relative_to(self.base).as_posix().rpartition(PARTIAL_MARK)[0]
+                    if key.startswith(prefix):
                         with contextlib.suppress(OSError):
-                            (Path(dirpath) / fname).unlink()
+                            full.unlink()
                             removed += 1
         return removed

@@ -100,7 +100,7 @@ class S3Writer:
         number = len(self.parts) + len(self.inflight) + 1
         if number > MAX_PARTS:
             raise StorageError(f"{self.t.name}: {self.key} needs more than {MAX_PARTS} parts")
-        body = bytes(self.buffer[: self.part_size])
+        body = bytes(memoryview(self.buffer)[: self.part_size])  # one copy, not two
         del self.buffer[: self.part_size]
         while len(self.inflight) >= self.t.max_concurrency:
             self._collect_one()
@@ -393,11 +393,25 @@ class S3Target:
             raise
 
     def cleanup_incomplete(self, prefix: str) -> int:
-        resp = self._call(
-            "listing uploads under", prefix, self.client.list_multipart_uploads, Prefix=prefix
-        )
+        uploads: list[dict[str, Any]] = []
+        marker: dict[str, str] = {}
+        while True:  # a page holds at most 1000 uploads
+            resp = self._call(
+                "listing uploads under",
+                prefix,
+                self.client.list_multipart_uploads,
+                Prefix=prefix,
+                **marker,
+            )
+            uploads += resp.get("Uploads", []) or []
+            if not resp.get("IsTruncated") or not resp.get("NextKeyMarker"):
+                break
+            marker = {
+                "KeyMarker": resp["NextKeyMarker"],
+                "UploadIdMarker": resp.get("NextUploadIdMarker", ""),
+            }
         aborted = 0
-        for upload in resp.get("Uploads", []) or []:
+        for upload in uploads:
             with contextlib.suppress(ClientError, BotoCoreError):
                 self.client.abort_multipart_upload(
                     Bucket=self.bucket, Key=upload["Key"], UploadId=upload["UploadId"]
