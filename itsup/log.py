@@ -33,7 +33,7 @@ def log_to_host(layout: Layout) -> Path | None:
     if any(getattr(h, "baseFilename", None) == str(path) for h in root.handlers):
         return path
     try:
-        handler = logging.FileHandler(path, encoding="utf-8")
+        handler = logging.FileHandler(path, encoding="utf-8", errors="backslashreplace")
     except OSError:
         return None
     handler.setLevel(logging.INFO)

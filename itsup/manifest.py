@@ -35,16 +35,41 @@ class Entry:
     changed: bool = False  # the file changed while it was read
 
     def to_json(self) -> str:
-        data = asdict(self)
-        for optional in ("sha256", "link", "changed"):
-            if not data[optional]:
-                del data[optional]
-        return json.dumps(data, ensure_ascii=False, separators=(",", ":"))
+        data: dict[str, Any] = {
+            "path": self.path,
+            "type": self.type,
+            "mode": self.mode,
+            "mtime_ns": self.mtime_ns,
+            "uid": self.uid,
+            "gid": self.gid,
+            "size": self.size,
+        }  # built by hand: dataclasses.asdict costs more than the rest of a small file
+        if self.sha256:
+            data["sha256"] = self.sha256
+        if self.link:
+            data["link"] = self.link
+        if self.changed:
+            data["changed"] = True
+        return _dumps(data, separators=(",", ":"))
 
     @classmethod
     def from_json(cls, line: str) -> Entry:
         data = json.loads(line)
         return cls(**data)
+
+
+def _dumps(data: Any, **kw: Any) -> str:
+    """JSON that always encodes as UTF-8.
+
+    File names that are not UTF-8 reach us as lone surrogates (surrogateescape);
+    written as \\udcXX escapes they come back as the very same str.
+    """
+    text = json.dumps(data, ensure_ascii=False, **kw)
+    try:
+        text.encode()
+    except UnicodeEncodeError:
+        text = json.dumps(data, ensure_ascii=True, **kw)
+    return text
 
 
 @dataclass
@@ -78,7 +103,7 @@ class Manifest:
     format: str = FORMAT
 
     def to_bytes(self) -> bytes:
-        return (json.dumps(asdict(self), indent=2, ensure_ascii=False) + "\n").encode()
+        return (_dumps(asdict(self), indent=2) + "\n").encode()
 
     @classmethod
     def from_bytes(cls, data: bytes, what: str) -> Manifest:
@@ -104,14 +129,25 @@ class Manifest:
 class IndexWriter:
     """Collects index lines gzip-compressed in memory: about 40 bytes a file."""
 
+    BATCH = 2048  # lines compressed at a time: per-call overhead dominates small writes
+
     def __init__(self) -> None:
         self.buffer = io.BytesIO()
         self.gz = gzip.GzipFile(fileobj=self.buffer, mode="wb", compresslevel=6, mtime=0)
+        self.pending: list[str] = []
 
     def add(self, entry: Entry) -> None:
-        self.gz.write(entry.to_json().encode() + b"\n")
+        self.pending.append(entry.to_json())
+        if len(self.pending) >= self.BATCH:
+            self._flush()
+
+    def _flush(self) -> None:
+        if self.pending:
+            self.gz.write(("\n".join(self.pending) + "\n").encode("utf-8", "surrogateescape"))
+            self.pending.clear()
 
     def finish(self) -> bytes:
+        self._flush()
         self.gz.close()
         return self.buffer.getvalue()
 

@@ -22,7 +22,6 @@ from datetime import UTC, datetime
 from typing import Any
 
 import pyrage
-from isal import igzip_threaded
 
 from itsup import __version__
 from itsup.errors import StorageError
@@ -32,6 +31,7 @@ from itsup.layout import STATE_DIRS
 from itsup.lock import host_lock
 from itsup.manifest import IndexWriter, Manifest, ObjectRef
 from itsup.pipeline.archive import Problem, Selection, Stats, write_archive
+from itsup.pipeline.compress import ParallelGzipWriter
 from itsup.pipeline.crypt import EncryptingWriter, parse_recipient
 from itsup.pipeline.stream import HashingWriter
 from itsup.storage import Target
@@ -65,21 +65,43 @@ def _unique_name(target: Target, prefix: str, now: datetime) -> str:
     return name
 
 
+class _RawSink(io.RawIOBase):
+    """Any stage with a `write` as a raw stream, so io.BufferedWriter can batch into it.
+
+    Closing it does not close the stage: run_backup closes each stage itself.
+    """
+
+    def __init__(self, sink: Any) -> None:
+        super().__init__()
+        self.sink = sink
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, data: Any) -> int:
+        self.sink.write(bytes(data))
+        return len(data)
+
+
 def _open_compressor(sink: Any, codec: str, level: int, threads: int) -> Any:
     if codec == "gzip":
-        return igzip_threaded.open(sink, "wb", compresslevel=level, threads=threads, block_size=MiB)
-    return io.BufferedWriter(sink, MiB)
+        return ParallelGzipWriter(sink, level=level, threads=threads)
+    return io.BufferedWriter(_RawSink(sink), MiB)
 
 
 def _abandon(stream: Any) -> None:
-    """Stop a compressor's threads after a failure without finishing its output."""
-    raw = getattr(stream, "raw", None)
-    stop = getattr(raw, "stop", None)
-    if stop is not None:
-        try:
-            stop()
-        except Exception:
-            log.debug("stopping compressor", exc_info=True)
+    """Stop a compressor after a failure without finishing its output.
+
+    A buffered writer must not flush into the aborted upload when it is
+    garbage-collected later, so its raw stage is detached first.
+    """
+    try:
+        if isinstance(stream, ParallelGzipWriter):
+            stream.abandon()
+        elif isinstance(stream, io.BufferedWriter):
+            stream.raw.close()
+    except Exception:
+        log.debug("stopping compressor", exc_info=True)
 
 
 def run_backup(

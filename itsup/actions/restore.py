@@ -20,7 +20,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any, BinaryIO, cast
 
 import pyrage
 from isal import igzip_threaded
@@ -222,7 +222,7 @@ def _open_archive(plan: RestorePlan) -> tuple[BinaryIO, HashingReader]:
         # `hashed` itself (the targets' readers are buffered already): the decrypting
         # thread lets go of its reader when done, and a collected BufferedReader around
         # `hashed` would close it before run_restore drains it.
-        stream: Any = decrypting_reader(hashed, plan.identities, what)
+        stream: Any = decrypting_reader(cast(BinaryIO, hashed), plan.identities, what)
     else:
         stream = io.BufferedReader(hashed, MiB)
     if plan.manifest.compression == "gzip":

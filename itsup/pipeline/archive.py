@@ -13,8 +13,11 @@ import errno
 import fnmatch
 import hashlib
 import os
+import posixpath
+import queue
 import stat
 import tarfile
+import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -28,6 +31,11 @@ BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 _ZEROS = bytes(CHUNK)
 _NOATIME = getattr(os, "O_NOATIME", 0)
+ASYNC_HASH_FROM = 256 * 1024  # smaller files are hashed inline: a thread hop costs more
+
+
+def _update_now(digest: Any, data: bytes) -> None:
+    digest.update(data)
 
 
 class Sink(Protocol):
@@ -133,6 +141,52 @@ def _entry(rel: str, kind: str, st: os.stat_result, **extra: Any) -> Entry:
     )
 
 
+def _leaves_tree(rel: str, link: str) -> bool:
+    """Whether symlink `rel` -> `link` points outside the tree (restore's rule)."""
+    if link.startswith("/"):
+        return True
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(rel), link))
+    return resolved == ".." or resolved.startswith("../")
+
+
+class _Hasher:
+    """SHA-256 of large files on a thread of its own.
+
+    hashlib releases the GIL on large updates, so hashing runs beside the
+    tar framing and the compressors instead of in series with them. Chunks
+    are queued in order; `hexdigest` waits until a file's chunks are done.
+    """
+
+    def __init__(self) -> None:
+        self.queue: queue.Queue[tuple[Any, bytes | None, threading.Event | None]] = queue.Queue(32)
+        self.thread = threading.Thread(target=self._run, name="file-hash", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        while True:
+            digest, data, done = self.queue.get()
+            if digest is None:
+                return
+            if data is not None:
+                digest.update(data)
+            if done is not None:
+                done.set()
+
+    def update(self, digest: Any, data: bytes) -> None:
+        self.queue.put((digest, data, None))
+
+    def hexdigest(self, digest: Any) -> str:
+        done = threading.Event()
+        self.queue.put((digest, None, done))
+        done.wait()
+        return str(digest.hexdigest())
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.queue.put((None, None, None))
+            self.thread.join()
+
+
 class TarWriter:
     """Writes tar members to `sink` and index entries to `on_entry`."""
 
@@ -146,6 +200,7 @@ class TarWriter:
         self.on_entry = on_entry
         self.on_bytes = on_bytes or (lambda n: None)
         self.written = 0
+        self.hasher = _Hasher()
 
     def _out(self, data: bytes) -> None:
         self.sink.write(data)
@@ -162,6 +217,12 @@ class TarWriter:
                 link = os.readlink(absolute)
             except OSError as exc:
                 stats.problems.append(Problem(rel, f"cannot read link: {exc.strerror}"))
+                return
+            if _leaves_tree(rel, link):
+                # A restore refuses such a member, and with it the whole archive.
+                stats.problems.append(
+                    Problem(rel, f"symlink to {link!r} leads outside the backup; not stored")
+                )
                 return
             self._out(_header(rel, tarfile.SYMTYPE, st, link=link))
             self.on_entry(_entry(rel, "symlink", st, link=link))
@@ -207,6 +268,7 @@ class TarWriter:
             size = st.st_size
             self._out(_header(rel, tarfile.REGTYPE, st, size=size))
             digest = hashlib.sha256()
+            update = self.hasher.update if size > ASYNC_HASH_FROM else _update_now
             remaining = size
             changed = False
             while remaining:
@@ -223,14 +285,17 @@ class TarWriter:
                     changed = True
                     while remaining:
                         pad = _ZEROS[: min(CHUNK, remaining)]
-                        digest.update(pad)
+                        update(digest, pad)
                         self._out(pad)
                         remaining -= len(pad)
                     break
-                digest.update(chunk)
+                update(digest, chunk)
                 self._out(chunk)
                 remaining -= len(chunk)
                 self.on_bytes(len(chunk))
+            hexdigest = (
+                self.hasher.hexdigest(digest) if size > ASYNC_HASH_FROM else digest.hexdigest()
+            )
             tail = size % BLOCK
             if tail:
                 self._out(_ZEROS[: BLOCK - tail])
@@ -241,9 +306,7 @@ class TarWriter:
                 stats.problems.append(
                     Problem(rel, "changed while being read; stored copy may be inconsistent")
                 )
-            self.on_entry(
-                _entry(rel, "file", st, size=size, sha256=digest.hexdigest(), changed=changed)
-            )
+            self.on_entry(_entry(rel, "file", st, size=size, sha256=hexdigest, changed=changed))
             stats.files += 1
             stats.bytes += size
         finally:
@@ -268,7 +331,10 @@ def write_archive(
     """Stream the selected tree into `sink` as a tar archive; return what was stored."""
     stats = Stats()
     writer = TarWriter(sink, on_entry, on_bytes)
-    for rel, absolute, st in walk(root, selection, stats):
-        writer.add(rel, absolute, st, stats)
-    writer.finish()
+    try:
+        for rel, absolute, st in walk(root, selection, stats):
+            writer.add(rel, absolute, st, stats)
+        writer.finish()
+    finally:
+        writer.hasher.close()
     return stats

@@ -6,7 +6,13 @@ import hashlib
 import io
 import queue
 import threading
-from typing import Any, BinaryIO, Protocol
+import zlib
+from typing import Any, BinaryIO, Protocol, cast
+
+from isal import isal_zlib
+
+# What a damaged compressed stream raises (isal's stubs call its error class an instance).
+_DECODE_ERRORS = (EOFError, ValueError, OSError, zlib.error, cast(type[Exception], isal_zlib.error))
 
 
 class Writable(Protocol):
@@ -168,7 +174,7 @@ class GuardedReader(io.RawIOBase):
             data = self.upstream.read(len(b))
         except ItsupError:
             raise
-        except (EOFError, ValueError, OSError) as exc:
+        except _DECODE_ERRORS as exc:
             raise IntegrityError(
                 f"{self.what}: the archive is damaged ({exc or type(exc).__name__})"
             ) from None

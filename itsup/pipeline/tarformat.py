@@ -27,6 +27,13 @@ def _pax_record(key: str, value: str) -> bytes:
     return str(length).encode() + payload
 
 
+def _pax_mtime(mtime_ns: int) -> str:
+    """Exact decimal seconds: -1.5 s is "-1.5" (divmod's floor would give -2 and .5)."""
+    whole, nanos = divmod(abs(mtime_ns), 1_000_000_000)
+    sign = "-" if mtime_ns < 0 else ""
+    return f"{sign}{whole}.{nanos:09d}".rstrip("0").rstrip(".")
+
+
 def _ustar(
     name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: bytes
 ) -> bytes:
@@ -76,7 +83,7 @@ def encode_header(
         pax.append(_pax_record("gid", str(gid)))
         gid = 0
     if nanos or not 0 <= seconds < _USTAR_MAX_OCTAL11:
-        pax.append(_pax_record("mtime", f"{seconds}.{nanos:09d}".rstrip("0").rstrip(".")))
+        pax.append(_pax_record("mtime", _pax_mtime(mtime_ns)))
         if not 0 <= seconds < _USTAR_MAX_OCTAL11:
             seconds = 0
     header = _ustar(name_b, mode, uid, gid, size, seconds, kind, link_b)
@@ -97,7 +104,7 @@ def _fallback(
     seconds, nanos = divmod(mtime_ns, 1_000_000_000)
     info.mtime = seconds
     if nanos:
-        info.pax_headers = {"mtime": f"{seconds}.{nanos:09d}"}
+        info.pax_headers = {"mtime": _pax_mtime(mtime_ns)}
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 
 

@@ -74,6 +74,7 @@ class S3Writer:
         self.upload_id = resp["UploadId"]
 
     def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+        assert self.upload_id is not None
         resp = self.t.client.upload_part(
             Bucket=self.t.bucket,
             Key=self.key,
@@ -132,7 +133,7 @@ class S3Writer:
                         Bucket=self.t.bucket,
                         Key=self.key,
                         UploadId=self.upload_id,
-                        MultipartUpload={"Parts": self.parts},
+                        MultipartUpload={"Parts": self.parts},  # type: ignore[typeddict-item]
                     )
                 except (ClientError, BotoCoreError) as exc:
                     raise StorageError(
