@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
@@ -73,21 +74,36 @@ def scan(target: Target, prefix: str, load_manifests: bool = True) -> list[Gener
         gen.objects[m.group(2)] = info
     generations = sorted(found.values(), key=lambda g: g.name, reverse=True)
     if load_manifests:
-        for gen in generations:
-            if "manifest.json" in gen.objects:
-                try:
-                    gen.manifest = Manifest.from_bytes(
-                        target.get(gen.manifest_key), gen.manifest_key
-                    )
-                except (IntegrityError, NotFoundError) as exc:
-                    gen.problem = str(exc)
+        with ThreadPoolExecutor(8) as pool:  # one small GET each: overlap the round trips
+            list(pool.map(lambda g: load_manifest(target, g), generations))
     return generations
 
 
-def select_generation(generations: list[Generation], wanted: str | None) -> Generation:
-    """The named generation, or the newest complete one; only complete ones qualify."""
+def load_manifest(target: Target, gen: Generation) -> None:
+    """Read `gen`'s manifest if it has one; a damaged one is recorded as its problem."""
+    if gen.manifest is not None or gen.problem is not None or "manifest.json" not in gen.objects:
+        return
+    try:
+        gen.manifest = Manifest.from_bytes(target.get(gen.manifest_key), gen.manifest_key)
+    except (IntegrityError, NotFoundError) as exc:
+        gen.problem = str(exc)
+
+
+def select_generation(
+    generations: list[Generation], wanted: str | None, target: Target | None = None
+) -> Generation:
+    """The named generation, or the newest complete one; only complete ones qualify.
+
+    With `target`, manifests are read only as far as needed (newest first).
+    """
+
+    def load(gen: Generation) -> None:
+        if target is not None:
+            load_manifest(target, gen)
+
     if wanted in (None, LATEST):
         for gen in generations:
+            load(gen)
             if gen.complete:
                 return gen
         raise NotFoundError("no complete backup generation found on the target")
@@ -98,6 +114,7 @@ def select_generation(generations: list[Generation], wanted: str | None) -> Gene
         name = "backup-" + name
     for gen in generations:
         if gen.name == name:
+            load(gen)
             if not gen.complete:
                 raise IntegrityError(
                     f"{gen.name} is not complete (no readable manifest"

@@ -23,13 +23,13 @@ from pathlib import Path
 from typing import Any, BinaryIO, cast
 
 import pyrage
-from isal import igzip_threaded
 
 from itsup.errors import ConfigError, IntegrityError, ItsupError, NotFoundError, UsageError
 from itsup.generation import Generation, scan, select_generation
 from itsup.host import Host
 from itsup.manifest import Entry, Manifest, read_index
 from itsup.pipeline.crypt import decrypting_reader, default_identity_file, load_identities
+from itsup.pipeline.decompress import GunzipReader
 from itsup.pipeline.extract import Extractor, check_entry
 from itsup.pipeline.stream import GuardedReader, HashingReader
 from itsup.storage import Target
@@ -186,7 +186,7 @@ def plan_restore(
 ) -> RestorePlan:
     """Pick the generation, load its index, and work out what a restore would change."""
     target, prefix = host.target(target_choice)
-    gen = select_generation(scan(target, prefix), generation)
+    gen = select_generation(scan(target, prefix, load_manifests=False), generation, target)
     assert gen.manifest is not None
     manifest = gen.manifest
     scope = scope_for(what, path, host.layout.root)
@@ -196,11 +196,16 @@ def plan_restore(
     plan = RestorePlan(gen, manifest, scope, dest, index_bytes, identities, target)
     matched = False
     links: set[str] = set()
+    absent: set[str] = set()  # folders missing at the destination: no need to look inside
     for entry in plan.entries():
         check_entry(entry, links)  # the index obeys the archive's rules
         if scope.selects(entry.path):
             matched = True
-            plan.changes.append(Change(entry.path, _compare(entry, dest)))
+            parent = entry.path.rpartition("/")[0]
+            kind = "new" if parent in absent else _compare(entry, dest)
+            if kind == "new" and entry.type == "dir":
+                absent.add(entry.path)
+            plan.changes.append(Change(entry.path, kind))
     if not matched:
         known = sorted(
             {
@@ -218,15 +223,14 @@ def _open_archive(plan: RestorePlan) -> tuple[BinaryIO, HashingReader]:
     what = plan.manifest.archive.key
     raw = plan.target.open_reader(what)
     hashed = HashingReader(raw)
+    # `hashed` itself, unbuffered: its read(n) passes whole fetched ranges through,
+    # and a BufferedReader around it, once collected, would close it before
+    # run_restore drains it.
+    stream: Any = hashed
     if plan.manifest.encrypted:
-        # `hashed` itself (the targets' readers are buffered already): the decrypting
-        # thread lets go of its reader when done, and a collected BufferedReader around
-        # `hashed` would close it before run_restore drains it.
-        stream: Any = decrypting_reader(cast(BinaryIO, hashed), plan.identities, what)
-    else:
-        stream = io.BufferedReader(hashed, MiB)
+        stream = decrypting_reader(cast(BinaryIO, hashed), plan.identities, what)
     if plan.manifest.compression == "gzip":
-        stream = igzip_threaded.open(GuardedReader(stream, what), "rb", threads=1, block_size=MiB)
+        stream = GunzipReader(GuardedReader(stream, what))  # type: ignore[arg-type]
     return io.BufferedReader(GuardedReader(stream, what), MiB), hashed
 
 

@@ -92,6 +92,7 @@ class ParallelGzipWriter(io.RawIOBase):
         return True
 
     def _emit(self) -> None:
+        ended = False  # the end marker is taken: nothing more will be queued
         try:
             self.sink.write(GZIP_HEADER)
             while True:
@@ -102,6 +103,9 @@ class ParallelGzipWriter(io.RawIOBase):
                         return
                     continue
                 if fut is None:
+                    if self.abandoned:
+                        return  # blocks were dropped: a trailer would vouch for a prefix
+                    ended = True
                     break
                 data, crc, n = fut.result()
                 self.sink.write(data)
@@ -112,7 +116,7 @@ class ParallelGzipWriter(io.RawIOBase):
         except BaseException as exc:
             self.error = exc
             # Keep draining so the producer never blocks on a full queue.
-            while not self.abandoned and self.results.get() is not None:
+            while not ended and not self.abandoned and self.results.get() is not None:
                 pass
 
     def _submit(self, block: bytes) -> None:

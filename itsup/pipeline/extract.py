@@ -228,7 +228,7 @@ class Extractor:
         *,
         restore_owner: bool,
         expected: Iterator[Entry] | None = None,
-        workers: int = 4,
+        workers: int = 2,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         self.staging = staging

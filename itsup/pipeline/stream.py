@@ -53,17 +53,22 @@ class HashingReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def read(self, size: int | None = -1) -> bytes:
+        # Passed through as is: no copy on the restore path's hottest stage.
+        data = self.upstream.read(-1 if size is None else size)
+        self.sha256.update(data)
+        self.size += len(data)
+        return bytes(data)
+
     def readinto(self, b: Any) -> int:
-        data = self.upstream.read(len(b))
+        data = self.read(len(b))
         n = len(data)
         b[:n] = data
-        self.sha256.update(data)
-        self.size += n
         return n
 
     def drain(self) -> None:
         """Read to the end, so the hash covers the whole object."""
-        while self.upstream.read(1 << 20):
+        while self.read(1 << 20):
             pass
 
     def close(self) -> None:
@@ -167,17 +172,20 @@ class GuardedReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
-    def readinto(self, b: Any) -> int:
+    def read(self, size: int | None = -1) -> bytes:
         from itsup.errors import IntegrityError, ItsupError
 
         try:
-            data = self.upstream.read(len(b))
+            return bytes(self.upstream.read(-1 if size is None else size))
         except ItsupError:
             raise
         except _DECODE_ERRORS as exc:
             raise IntegrityError(
                 f"{self.what}: the archive is damaged ({exc or type(exc).__name__})"
             ) from None
+
+    def readinto(self, b: Any) -> int:
+        data = self.read(len(b))
         n = len(data)
         b[:n] = data
         return n

@@ -11,6 +11,7 @@ UTF-8) falls back to tarfile itself.
 
 from __future__ import annotations
 
+import math
 import tarfile
 
 BLOCK = 512
@@ -115,9 +116,10 @@ _DATA_TYPES = (tarfile.REGTYPE, tarfile.AREGTYPE, tarfile.CONTTYPE)
 
 
 def _number(field: bytes, what: str) -> int:
-    if field and field[0] & 0x80:  # GNU base-256 for values that do not fit octal
-        value = int.from_bytes(field[1:], "big")
-        return -value if field[0] & 0x40 else value
+    if field and field[0] & 0x80:  # GNU base-256: two's complement below a marker bit
+        bits = 8 * len(field) - 1
+        value = int.from_bytes(field, "big") & ((1 << bits) - 1)
+        return value - (1 << bits) if field[0] & 0x40 else value
     text = field.split(b"\0", 1)[0].strip()
     if not text:
         return 0
@@ -250,6 +252,8 @@ class TarReader:
             )
             if pax:
                 self._apply_pax(info, pax)
+            if info.type == tarfile.GNUTYPE_SPARSE or any(k.startswith("GNU.sparse.") for k in pax):
+                raise tarfile.HeaderError("GNU sparse members are not supported")
             return info
 
     @staticmethod
@@ -270,5 +274,5 @@ class TarReader:
                 info.mtime = float(pax["mtime"])
         except ValueError:
             raise tarfile.HeaderError("damaged pax extended header value") from None
-        if info.type == tarfile.GNUTYPE_SPARSE or "GNU.sparse.major" in pax:
-            raise tarfile.HeaderError("GNU sparse members are not supported")
+        if info.size < 0 or not math.isfinite(info.mtime):
+            raise tarfile.HeaderError("damaged pax extended header value")

@@ -200,9 +200,11 @@ class RangeReader(io.RawIOBase):
                 )
                 body = resp["Body"]
                 while True:
-                    chunk = body.read(MiB)
+                    chunk = body.read(READ_CHUNK)
                     if not chunk:
                         break
+                    if not out and len(chunk) == end - start:
+                        return bytes(chunk)  # the whole range in one read: no copy
                     out += chunk
                 if len(out) != end - start:
                     raise StorageError(
@@ -229,16 +231,39 @@ class RangeReader(io.RawIOBase):
     def readable(self) -> bool:
         return True
 
+    def _next_chunk(self) -> bool:
+        if not self.pending:
+            return False
+        fut = self.pending.popleft()
+        self.current = memoryview(fut.result())
+        self._fill()
+        return True
+
+    def read(self, size: int | None = -1) -> bytes:
+        """Up to `size` bytes; a whole fetched range is handed over without a copy."""
+        if size is None or size < 0:
+            parts = [bytes(self.current)]
+            self.current = memoryview(b"")
+            while self._next_chunk():
+                parts.append(bytes(self.current))
+                self.current = memoryview(b"")
+            return b"".join(parts)
+        if not self.current and not self._next_chunk():
+            return b""
+        if size >= len(self.current):
+            whole = self.current.obj
+            untouched = isinstance(whole, bytes) and len(whole) == len(self.current)
+            data = whole if untouched else bytes(self.current)
+            self.current = memoryview(b"")
+            return data  # type: ignore[return-value]
+        data = bytes(self.current[:size])
+        self.current = self.current[size:]
+        return data
+
     def readinto(self, b: Any) -> int:
-        if not self.current:
-            if not self.pending:
-                return 0
-            fut = self.pending.popleft()
-            self.current = memoryview(fut.result())
-            self._fill()
-        n = min(len(b), len(self.current))
-        b[:n] = self.current[:n]
-        self.current = self.current[n:]
+        data = self.read(len(b))
+        n = len(data)
+        b[:n] = data
         return n
 
     def close(self) -> None:
@@ -321,8 +346,8 @@ class S3Target:
 
     def open_reader(self, key: str) -> BinaryIO:
         size = self.stat(key).size
-        raw = RangeReader(self, key, size, ahead=self.max_concurrency)
-        return io.BufferedReader(raw, buffer_size=MiB)
+        # Unbuffered on purpose: its read(n) already serves large pieces without copying.
+        return RangeReader(self, key, size, ahead=self.max_concurrency)  # type: ignore[return-value]
 
     def stat(self, key: str) -> ObjectInfo:
         resp = self._call("checking", key, self.client.head_object, Key=key)
