@@ -27,7 +27,7 @@ from typing import Any
 
 import pytest
 from conftest import make_host, run_itsup, write_config
-from test_backup_restore import (
+from helpers import (
     ACME,
     HostFactory,
     MiB,
@@ -40,7 +40,6 @@ from test_backup_restore import (
     read_manifest,
     setup_host,
     tree_state,
-    unique_prefix,
 )
 
 from itsup.errors import ExitCode, LockedError
@@ -220,9 +219,9 @@ def test_generation_without_manifest_is_never_chosen(new_host: HostFactory, tmp_
 
 
 def test_sigterm_mid_upload_leaves_nothing(
-    request: pytest.FixtureRequest, tmp_path: Path, s3_server: Any, bulk: list[Path]
+    s3_prefix: str, tmp_path: Path, s3_server: Any, bulk: list[Path]
 ) -> None:
-    store = setup_host(tmp_path / "host", "s3", s3_server, unique_prefix(request))
+    store = setup_host(tmp_path / "host", "s3", s3_server, s3_prefix)
     root = store.root
     add_bulk(root, bulk)
 
@@ -487,25 +486,30 @@ def test_special_files_are_noted_not_partial(tmp_path: Path) -> None:
     assert (out / ACME).exists() and not (out / "proxy/traefik/events.fifo").exists()
 
 
-def test_symlinks_out_of_the_tree_are_not_stored(tmp_path: Path) -> None:
-    # A restore refuses members that point outside; a backup must not store what
-    # its own restore would refuse, or the whole generation would be unusable.
+def test_symlinks_out_of_the_tree_are_kept_and_restored_only_when_allowed(tmp_path: Path) -> None:
+    # Volumes hold absolute links (localtime -> /usr/share/zoneinfo/...): they are
+    # part of the state and are stored. A restore refuses links that point out of
+    # the destination unless the operator allows them, and says how.
     store = setup_host(tmp_path / "host", "local", None, "")
     root = store.root
     (root / "upstream/app/localtime").symlink_to("/etc/localtime")
     (root / "upstream/app/escape").symlink_to("../../../outside")
     (root / "upstream/app/inside").symlink_to("../blog/docker-compose.yml")
 
-    res = itsup(root, "backup", expect=ExitCode.PARTIAL)
-    assert "upstream/app/localtime" in res.err and "upstream/app/escape" in res.err
+    itsup(root, "backup")  # not partial: nothing was lost
     [gen] = generations(root)
-    assert gen["status"] == "partial"
+    assert gen["status"] == "complete"
 
     out = tmp_path / "out"
-    itsup(root, "restore", "--to", out)
+    refused = itsup(root, "restore", "--to", out, expect=ExitCode.DAMAGED)
+    assert "upstream/app/" in refused.err and "--allow-external-links" in refused.err
+    assert not out.exists() or not any(out.iterdir())
+
+    itsup(root, "restore", "--to", out, "--allow-external-links")
     assert os.readlink(out / "upstream/app/inside") == "../blog/docker-compose.yml"
-    assert not os.path.lexists(out / "upstream/app/localtime")
-    assert not os.path.lexists(out / "upstream/app/escape")
+    assert os.readlink(out / "upstream/app/localtime") == "/etc/localtime"
+    assert os.readlink(out / "upstream/app/escape") == "../../../outside"
+    assert not (tmp_path / "outside").exists()  # created as a link, never written through
 
 
 # -- the archive layer, with files that change under it ---------------------------------

@@ -698,3 +698,31 @@ def test_check_entry_applies_the_member_rules_to_the_index() -> None:
         with pytest.raises(IntegrityError) as err:
             check_entry(entry, links)
         assert repr(entry.path) in err.value.message
+
+
+# Cases whose only fault is where a symlink points: --allow-external-links admits them.
+LINK_TARGET_ONLY = {
+    "symlink_chain_escapes",
+    "symlink_chain_escapes_out_of_order",
+    "symlink_to_absolute_path",
+}
+
+
+@pytest.mark.parametrize("case", sorted(set(CASE_NAMES) - LINK_TARGET_ONLY))
+def test_allowing_external_links_still_refuses_everything_else(world: World, case: str) -> None:
+    """The flag admits links that point out; never writing through them, nor anything else."""
+    members, named = _cases(world.outside)[case]
+    publish_members(world.target, members)
+    before = snapshot(world.tmp, skip=world.target)
+    result = world.restore("--allow-external-links")
+    assert_refused(world, result, named, before)
+
+
+@pytest.mark.parametrize("case", sorted(LINK_TARGET_ONLY))
+def test_allowing_external_links_restores_them_as_links(world: World, case: str) -> None:
+    members, _named = _cases(world.outside)[case]
+    publish_members(world.target, members)
+    before = snapshot(world.outside)
+    result = world.restore("--allow-external-links")
+    assert result.code == 0, result.err
+    assert snapshot(world.outside) == before  # nothing was written through any link

@@ -95,6 +95,7 @@ class RestorePlan:
     index_bytes: bytes
     identities: list[Any]
     target: Target
+    external_links: bool = False
     changes: list[Change] = field(default_factory=list)
 
     def entries(self) -> Iterator[Entry]:
@@ -183,6 +184,7 @@ def plan_restore(
     generation: str | None = None,
     to: str | None = None,
     target_choice: str | None = None,
+    external_links: bool = False,
 ) -> RestorePlan:
     """Pick the generation, load its index, and work out what a restore would change."""
     target, prefix = host.target(target_choice)
@@ -193,12 +195,14 @@ def plan_restore(
     identities = _identities(host, manifest)
     index_bytes = load_index(target, manifest, identities)
     dest = Path(to).expanduser().resolve() if to else host.layout.root
-    plan = RestorePlan(gen, manifest, scope, dest, index_bytes, identities, target)
+    plan = RestorePlan(
+        gen, manifest, scope, dest, index_bytes, identities, target, external_links=external_links
+    )
     matched = False
     links: set[str] = set()
     absent: set[str] = set()  # folders missing at the destination: no need to look inside
     for entry in plan.entries():
-        check_entry(entry, links)  # the index obeys the archive's rules
+        check_entry(entry, links, external_links=external_links)  # the archive's rules
         if scope.selects(entry.path):
             matched = True
             parent = entry.path.rpartition("/")[0]
@@ -251,6 +255,7 @@ def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None
                 lambda p: plan.scope.selects(p) or plan.scope.ancestor(p),
                 restore_owner=os.geteuid() == 0,
                 expected=plan.entries(),
+                external_links=plan.external_links,
                 on_bytes=on_bytes,
             )
             stats = extractor.run(stream)

@@ -28,6 +28,12 @@ from itsup.errors import UsageError
 )
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before overwriting existing files.")
+@click.option(
+    "--allow-external-links",
+    is_flag=True,
+    help="Also restore symlinks that point outside the destination (absolute links in "
+    "volumes); nothing is ever written through them.",
+)
 @TARGET
 @click.pass_context
 def restore(
@@ -38,6 +44,7 @@ def restore(
     to: str | None,
     dry_run: bool,
     yes: bool,
+    allow_external_links: bool,
     target_choice: str | None,
 ) -> None:
     """Restore state from a backup generation (stage, verify, then swap into place).
@@ -52,7 +59,13 @@ def restore(
 
     host = _host(ctx)
     plan = plan_restore(
-        host, what, path=path, generation=generation, to=to, target_choice=target_choice
+        host,
+        what,
+        path=path,
+        generation=generation,
+        to=to,
+        target_choice=target_choice,
+        external_links=allow_external_links,
     )
     new = sum(1 for c in plan.changes if c.kind == "new")
     replace = plan.overwrites
@@ -62,9 +75,15 @@ def restore(
         f"{new} new, {replace} to overwrite, {same} unchanged"
     )
     if dry_run:
-        for change in plan.changes:
-            if change.kind != "same":
-                out.print(f"{'+' if change.kind == 'new' else '~'} {change.path}", markup=False)
+        lines = [
+            f"{'+' if c.kind == 'new' else '~'} {c.path}".encode(
+                "utf-8", "backslashreplace"
+            ).decode()
+            for c in plan.changes
+            if c.kind != "same"
+        ]
+        if lines:  # one write: rich per line costs seconds on a large tree
+            click.echo("\n".join(lines))
         out.print(f"dry run: {summary}", markup=False)
         return
     if replace and not yes:

@@ -219,11 +219,15 @@ class TarWriter:
                 stats.problems.append(Problem(rel, f"cannot read link: {exc.strerror}"))
                 return
             if _leaves_tree(rel, link):
-                # A restore refuses such a member, and with it the whole archive.
-                stats.problems.append(
-                    Problem(rel, f"symlink to {link!r} leads outside the backup; not stored")
+                # Stored as it is (it is part of the host's state), but a restore
+                # refuses such links unless the operator allows them.
+                stats.skipped.append(
+                    Problem(
+                        rel,
+                        f"symlink to {link!r} points outside the backup; "
+                        "restore it with --allow-external-links",
+                    )
                 )
-                return
             self._out(_header(rel, tarfile.SYMTYPE, st, link=link))
             self.on_entry(_entry(rel, "symlink", st, link=link))
             stats.symlinks += 1

@@ -92,8 +92,20 @@ def _mtime_ns(info: tarfile.TarInfo) -> int:
     return int(info.mtime) * 1_000_000_000
 
 
-def check_member(info: tarfile.TarInfo, symlinks: set[str]) -> Member:
-    """Validate one tar member against the hostile-archive rules; return it normalized."""
+EXTERNAL_HINT = (
+    "if this backup is yours and the link is meant to point there (an absolute link in a "
+    "volume, say), restore with --allow-external-links; nothing is ever written through it"
+)
+
+
+def check_member(
+    info: tarfile.TarInfo, symlinks: set[str], *, external_links: bool = False
+) -> Member:
+    """Validate one tar member against the hostile-archive rules; return it normalized.
+
+    `external_links` admits symlinks whose targets lie outside the destination;
+    paths through any symlink of the archive stay refused either way.
+    """
     name = info.name
     where = f"archive member {name!r}"
     if not name or name.startswith("/") or ("\\" in name and name.startswith("\\")):
@@ -119,11 +131,19 @@ def check_member(info: tarfile.TarInfo, symlinks: set[str]) -> Member:
     elif info.issym():
         kind = "symlink"
         target = info.linkname
-        if target.startswith("/"):
-            raise IntegrityError(f"{where}: symlink to absolute path {target!r} refused")
-        resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-        if resolved == ".." or resolved.startswith("../"):
-            raise IntegrityError(f"{where}: symlink pointing outside the destination refused")
+        if not target or "\x00" in target:
+            raise IntegrityError(f"{where}: empty or invalid symlink target refused")
+        if not external_links:
+            if target.startswith("/"):
+                raise IntegrityError(
+                    f"{where}: symlink to absolute path {target!r} refused", hint=EXTERNAL_HINT
+                )
+            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+            if resolved == ".." or resolved.startswith("../"):
+                raise IntegrityError(
+                    f"{where}: symlink pointing outside the destination refused",
+                    hint=EXTERNAL_HINT,
+                )
     elif info.islnk():
         raise IntegrityError(f"{where}: hard links are not written by itsup; refused")
     else:
@@ -145,7 +165,7 @@ def check_member(info: tarfile.TarInfo, symlinks: set[str]) -> Member:
 _ENTRY_TYPES = {"file": tarfile.REGTYPE, "dir": tarfile.DIRTYPE, "symlink": tarfile.SYMTYPE}
 
 
-def check_entry(entry: Entry, symlinks: set[str]) -> None:
+def check_entry(entry: Entry, symlinks: set[str], *, external_links: bool = False) -> None:
     """Apply the member rules to an index entry, so no plan lists a hostile path.
 
     Adds the entry to `symlinks` when it is one, as the extractor does.
@@ -154,7 +174,7 @@ def check_entry(entry: Entry, symlinks: set[str]) -> None:
     info.type = _ENTRY_TYPES.get(entry.type, tarfile.FIFOTYPE)  # unknown: refused
     info.linkname = entry.link or ""
     info.size = entry.size
-    check_member(info, symlinks)
+    check_member(info, symlinks, external_links=external_links)
     if entry.type == "symlink":
         symlinks.add(entry.path)
 
@@ -197,7 +217,8 @@ def check_link_chains(links: dict[str, str]) -> None:
         if _resolve(path.split("/")[:-1], target, links, [0]) is None:
             raise IntegrityError(
                 f"archive member {path!r}: symlink leads outside the destination "
-                "through other symlinks of the archive; refused"
+                "through other symlinks of the archive; refused",
+                hint=EXTERNAL_HINT,
             )
 
 
@@ -228,9 +249,11 @@ class Extractor:
         *,
         restore_owner: bool,
         expected: Iterator[Entry] | None = None,
+        external_links: bool = False,
         workers: int = 2,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
+        self.external_links = external_links
         self.staging = staging
         self.selected = selected
         self.restore_owner = restore_owner
@@ -387,7 +410,7 @@ class Extractor:
     def _run(self, stream: IO[bytes]) -> None:
         reader = TarReader(stream)
         for info in reader:
-            m = check_member(info, self.symlinks)
+            m = check_member(info, self.symlinks, external_links=self.external_links)
             _match_index(m, self.expected)
             self.current = m.path
             self.stats.members += 1
@@ -421,7 +444,8 @@ class Extractor:
                     self._write_large(m, reader)
                 self.stats.files += 1
                 self.stats.bytes += m.size
-        check_link_chains(self.link_targets)
+        if not self.external_links:
+            check_link_chains(self.link_targets)
         if self.expected is not None:
             extra = next(self.expected, None)
             if extra is not None:
