@@ -10,6 +10,7 @@ from __future__ import annotations
 import gzip
 import io
 import json
+import zlib
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from typing import IO, Any
@@ -159,5 +160,5 @@ def read_index(stream: IO[bytes], what: str) -> Iterator[Entry]:
             for line in gz:
                 if line.strip():
                     yield Entry.from_json(line.decode())
-    except (OSError, EOFError, ValueError, TypeError, UnicodeDecodeError):
+    except (OSError, EOFError, ValueError, TypeError, UnicodeDecodeError, zlib.error):
         raise IntegrityError(f"{what}: the file index is damaged") from None

@@ -6,7 +6,9 @@ is an error, never a skip: a green run must mean everything was exercised.
 
 from __future__ import annotations
 
+import hashlib
 import os
+import re
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -34,8 +36,14 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 @pytest.fixture
 def s3_prefix(request: pytest.FixtureRequest) -> str:
-    """A key prefix of this test's own, so tests never see each other's generations."""
-    return f"t/{request.node.name[:60]}/".replace("[", "-").replace("]", "")
+    """A key prefix of this test's own, so tests never see each other's generations.
+
+    The readable part is the test function's name, cut short; the hash of the full
+    node id (file, class, parameters) keeps every test and parametrization apart.
+    """
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.originalname)[:40]
+    return f"t/{readable}-{digest}/"
 
 
 @dataclass

@@ -6,295 +6,45 @@ server the suite starts on loopback. A restored tree is compared with the
 original field by field: type, content (SHA-256), mode, owner, mtime to the
 nanosecond and symlink target.
 
-The helpers at the top (`Store`, `setup_host`, `tree_state`, ...) are shared
-by test_plain_tools.py and test_failures.py.
+The helpers (`Store`, `setup_host`, `tree_state`, ...) live in helpers.py,
+shared with test_plain_tools.py and test_failures.py.
 """
 
 from __future__ import annotations
 
 import contextlib
-import gzip
 import hashlib
-import io
-import json
 import os
 import pty
-import re
 import select
 import shutil
 import stat
 import subprocess
 import sys
-import tarfile
 import time
-from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import pytest
-from conftest import Result, make_host, run_itsup, s3_config, s3_secrets, write_config
-from s3server import S3Server
+from helpers import (
+    ACME,
+    NAME_RE,
+    GiB,
+    HostFactory,
+    MiB,
+    add_awkward_entries,
+    archive_members,
+    generations,
+    host_factory,
+    itsup,
+    leftovers,
+    pin_times,
+    read_index,
+    read_manifest,
+    setup_host,
+    tree_state,
+)
 
 from itsup.errors import ExitCode
-
-MiB = 1 << 20
-GiB = 1 << 30
-TOPS = ("upstream", "proxy")
-ACME = "proxy/traefik/acme.json"
-NAME_RE = re.compile(r"^backup-\d{4}-\d{2}-\d{2}-\d{6}$")
-STAGING_MARK = ".itsup-restore-"
-
-
-# -- helpers shared with the other end-to-end files ------------------------------------
-
-
-@dataclass
-class Store:
-    """The backup storage as an operator sees it: objects named below the itsup prefix."""
-
-    kind: str  # "local" | "s3"
-    root: Path  # the host root
-    server: S3Server | None
-    prefix: str
-
-    @property
-    def base(self) -> Path:
-        return self.root / "backups" / "itsup"
-
-    def client(self) -> Any:
-        assert self.server is not None
-        return self.server.client()
-
-    def names(self) -> list[str]:
-        """Every object (relative to the prefix), in-progress local uploads included."""
-        if self.kind == "local":
-            if not self.base.is_dir():
-                return []
-            return sorted(p.name for p in self.base.iterdir())
-        assert self.server is not None
-        resp = self.client().list_objects_v2(Bucket=self.server.bucket, Prefix=self.prefix)
-        return sorted(o["Key"][len(self.prefix) :] for o in resp.get("Contents", []))
-
-    def read(self, name: str) -> bytes:
-        if self.kind == "local":
-            return (self.base / name).read_bytes()
-        assert self.server is not None
-        resp = self.client().get_object(Bucket=self.server.bucket, Key=self.prefix + name)
-        return bytes(resp["Body"].read())
-
-    def write(self, name: str, data: bytes) -> None:
-        """Replace an object's content under the same name (damage it on purpose)."""
-        if self.kind == "local":
-            path = self.base / name
-            path.unlink()  # break the hard link `latest` shares with it
-            path.write_bytes(data)
-            return
-        assert self.server is not None
-        self.client().put_object(Bucket=self.server.bucket, Key=self.prefix + name, Body=data)
-
-    def delete(self, name: str) -> None:
-        if self.kind == "local":
-            (self.base / name).unlink()
-            return
-        assert self.server is not None
-        self.client().delete_object(Bucket=self.server.bucket, Key=self.prefix + name)
-
-    def fetch(self, name: str, dest: Path) -> Path:
-        """Download an object to a file, as `aws s3 cp` would."""
-        if self.kind == "local":
-            shutil.copyfile(self.base / name, dest)
-        else:
-            assert self.server is not None
-            self.client().download_file(self.server.bucket, self.prefix + name, str(dest))
-        return dest
-
-    def multipart_uploads(self) -> list[dict[str, Any]]:
-        assert self.server is not None
-        resp = self.client().list_multipart_uploads(Bucket=self.server.bucket, Prefix=self.prefix)
-        return list(resp.get("Uploads", []) or [])
-
-
-def setup_host(
-    root: Path,
-    kind: str,
-    server: S3Server | None,
-    prefix: str,
-    *,
-    include_volumes: bool = True,
-    extra: str = "",
-    volumes: bool = True,
-) -> Store:
-    """A sample host tree whose itsup.yml points at the local target or the S3 server."""
-    make_host(root, volumes=volumes)
-    options = f"  include_volumes: {str(include_volumes).lower()}\n{extra}"
-    if kind == "s3":
-        assert server is not None
-        s3_secrets(root, server)
-        write_config(root, s3_config(server, prefix, options))
-        return Store(kind, root, server, prefix)
-    write_config(root, "backup:\n" + options)
-    return Store(kind, root, None, "itsup/")
-
-
-def itsup(root: Path, *args: str | os.PathLike[str], expect: int = 0, **kw: Any) -> Result:
-    """Run `itsup --root ROOT ARGS`, check its exit code, and that no traceback leaked."""
-    kw.setdefault("timeout", 120)
-    res = run_itsup(*args, root=root, **kw)
-    assert res.code == expect, f"itsup {' '.join(map(str, args))}: exit {res.code}\n{res.err}"
-    assert "Traceback" not in res.err + res.out
-    return res
-
-
-def generations(root: Path) -> list[dict[str, Any]]:
-    rows = json.loads(itsup(root, "backup", "list", "--json").out)
-    assert isinstance(rows, list)
-    return rows
-
-
-def sha256_file(path: Path | bytes) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb", buffering=0) as fh:
-        while chunk := fh.read(8 * MiB):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def tree_state(base: Path, tops: tuple[str, ...] = TOPS) -> dict[str, tuple[Any, ...]]:
-    """What a restore must bring back, per relative path (bytes-safe names)."""
-    state: dict[str, tuple[Any, ...]] = {}
-
-    def visit(rel: bytes, path: bytes) -> None:
-        st = os.lstat(path)
-        meta = (stat.S_IMODE(st.st_mode), st.st_uid, st.st_gid, st.st_mtime_ns)
-        key = os.fsdecode(rel)
-        if stat.S_ISDIR(st.st_mode):
-            state[key] = ("dir", *meta)
-            for name in sorted(os.listdir(path)):
-                visit(rel + b"/" + name, path + b"/" + name)
-        elif stat.S_ISLNK(st.st_mode):
-            state[key] = ("symlink", *meta, os.readlink(path))
-        elif stat.S_ISREG(st.st_mode):
-            state[key] = ("file", *meta, st.st_size, sha256_file(path))
-        else:
-            state[key] = ("special", stat.S_IFMT(st.st_mode))
-
-    for top in tops:
-        top_path = os.fsencode(base / top)
-        if os.path.lexists(top_path):
-            visit(top.encode(), top_path)
-    return state
-
-
-def leftovers(folder: Path) -> list[str]:
-    """Staging folders a restore left behind (there must be none)."""
-    return [p.name for p in folder.iterdir() if p.name.startswith(STAGING_MARK)]
-
-
-def archive_members(store: Store, name: str) -> list[str]:
-    data = store.read(name)
-    with tarfile.open(fileobj=io.BytesIO(data), mode="r:gz") as tf:
-        return tf.getnames()
-
-
-def read_index(store: Store, generation: str) -> dict[str, dict[str, Any]]:
-    raw = gzip.decompress(store.read(f"{generation}.index.jsonl.gz"))
-    entries = (json.loads(line) for line in raw.splitlines() if line.strip())
-    return {e["path"]: e for e in entries}
-
-
-def read_manifest(store: Store, generation: str) -> dict[str, Any]:
-    manifest = json.loads(store.read(f"{generation}.manifest.json"))
-    assert isinstance(manifest, dict)
-    return manifest
-
-
-def add_awkward_entries(root: Path) -> None:
-    """Everything a host tree holds that a naive backup gets wrong."""
-    app = root / "upstream" / "app"
-    traefik = root / "proxy" / "traefik"
-    # modes and owners
-    script = app / "run.sh"
-    script.write_text("#!/bin/sh\necho hi\n")
-    script.chmod(0o755)
-    (app / "readonly.txt").write_text("do not touch\n")
-    (app / "readonly.txt").chmod(0o444)
-    (app / "setgid-tool").write_bytes(b"\x7fELF")
-    (app / "setgid-tool").chmod(0o2750)
-    private = app / "private"
-    private.mkdir(mode=0o700)
-    (private / "token").write_text("t\n")
-    os.chown(private / "token", 1000, 1000)
-    os.chown(private, 33, 33)
-    (app / "tmp").mkdir()
-    (app / "tmp").chmod(0o1777)
-    # empty folders
-    (app / "empty").mkdir()
-    (traefik / "certs").mkdir(mode=0o750)
-    # symlinks: to a file, to a folder, dangling; all inside the tree
-    (traefik / "current.yml").symlink_to("traefik.yml")
-    (root / "upstream" / "blog" / "shared").symlink_to("../app")
-    (app / "dangling").symlink_to("no-such-file")
-    # unicode, spaces and a newline in names; a name that is not UTF-8 at all
-    (app / "données").mkdir()
-    (app / "données" / "naïve-文件-🚀.txt").write_text("unicode\n")
-    (app / "with space.txt").write_text("space\n")
-    (app / "new\nline.txt").write_text("newline\n")
-    with open(os.path.join(os.fsencode(app), b"latin1-\xe9t\xe9.txt"), "wb") as fh:
-        fh.write(b"not utf-8\n")
-    # a name over 100 bytes and a path over 255 bytes, deep
-    (app / ("L" * 150 + ".bin")).write_bytes(os.urandom(3000))
-    deep = app / "deep"
-    for level in range(6):
-        deep = deep / (f"{level}-" + "d" * 58)
-    deep.mkdir(parents=True)
-    (deep / "leaf.txt").write_text("deep\n")
-    assert len(str((deep / "leaf.txt").relative_to(root))) > 255
-    # sizes: empty, exactly one block, larger than the small-file path with a zero run
-    (app / "zero-length").write_bytes(b"")
-    (app / "one-block").write_bytes(b"x" * 512)
-    (app / "zero-run.bin").write_bytes(os.urandom(MiB) + bytes(MiB) + os.urandom(MiB + 7))
-
-
-def pin_times(root: Path, tops: tuple[str, ...] = TOPS) -> None:
-    """Give every path a distinct mtime with a nanosecond part (and a few edge values)."""
-    special = {
-        "upstream/app/zero-length": 0,
-        "upstream/app/one-block": 4_102_444_800_000_000_001,  # 2100-01-01, 1 ns past
-        "upstream/app/with space.txt": -1_500_000_000,  # before 1970, half a second
-        os.fsdecode(b"upstream/app/latin1-\xe9t\xe9.txt"): -2_250_000_001,
-    }
-    paths = []
-    for top in tops:
-        for dirpath, dirnames, filenames in os.walk(os.fsencode(root / top)):
-            paths.extend(os.path.join(dirpath, n) for n in dirnames + filenames)
-        paths.append(os.fsencode(root / top))
-    for i, path in enumerate(sorted(paths)):
-        rel = os.fsdecode(os.path.relpath(path, os.fsencode(root)))
-        ns = special.get(rel, 1_600_000_000_000_000_000 + i * 86_400_123_456_789)
-        os.utime(path, ns=(ns, ns), follow_symlinks=False)
-
-
-# -- fixtures (each end-to-end file declares its own, from these two helpers) ------------
-
-
-HostFactory = Callable[..., Store]
-
-
-def unique_prefix(request: pytest.FixtureRequest) -> str:
-    """An S3 prefix of this test's own (conftest's cuts names, parameters included, at 60)."""
-    digest = hashlib.sha256(request.node.nodeid.encode()).hexdigest()[:12]
-    return f"t/{request.node.originalname[:40]}-{digest}/"
-
-
-def host_factory(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> HostFactory:
-    """Build host roots for this test on `kind`; keyword arguments go to setup_host."""
-
-    def make(name: str = "host", **kw: Any) -> Store:
-        server = request.getfixturevalue("s3_server") if kind == "s3" else None
-        return setup_host(tmp_path / name, kind, server, unique_prefix(request), **kw)
-
-    return make
 
 
 @pytest.fixture(params=["local", "s3"])

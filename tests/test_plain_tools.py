@@ -16,7 +16,7 @@ from typing import Any
 
 import pyrage
 import pytest
-from test_backup_restore import (
+from helpers import (
     ACME,
     HostFactory,
     generations,
