@@ -12,12 +12,13 @@ without it is never offered for restore), then the `latest` alias.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
@@ -49,7 +50,6 @@ class BackupResult:
     stats: Stats
     seconds: float
     latest_key: str
-    warnings: list[str] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
@@ -122,75 +122,30 @@ def run_backup(
             log.info("discarded %d unfinished upload(s) left by an interrupted run", stale)
         name = _unique_name(target, prefix, start_time)
         compression = cfg.compression_settings
-        encrypted = cfg.encryption is not None
         recipients = (
             [parse_recipient(r) for r in cfg.encryption.recipients] if cfg.encryption else []
         )
-        suffix = archive_suffix(compression.codec, encrypted)
-        archive_key = f"{prefix}{name}{suffix}"
-        selection = Selection(STATE_DIRS, tuple(cfg.exclude), cfg.include_volumes)
+        suffix = archive_suffix(compression.codec, bool(recipients))
         log.info("backup %s started: %s -> %s", name, host.layout.root, target.name)
 
+        # 1. the archive, streamed; visible under its key only once whole
         index = IndexWriter()
-        writer = target.open_writer(archive_key)
-        compressor = None
-        try:
-            hashed = HashingWriter(writer)
-            encryptor = EncryptingWriter(hashed, recipients) if encrypted else None
-            compressor = _open_compressor(
-                encryptor or hashed, compression.codec, compression.level, compression.threads
-            )
-            stats = write_archive(host.layout.root, selection, compressor, index.add, on_bytes)
-            compressor.close()
-            if encryptor is not None:
-                encryptor.close()
-            size = writer.commit()
-        except BaseException:
-            if compressor is not None:
-                _abandon(compressor)
-            writer.abort()
-            raise
-        archive = ObjectRef(archive_key, size, hashed.sha256.hexdigest())
+        archive, stats = stream_archive(
+            host, target, f"{prefix}{name}{suffix}", index, recipients, on_bytes
+        )
         if stats.files + stats.dirs + stats.symlinks == 0:
             log.warning("nothing to back up: neither upstream/ nor proxy/ holds anything")
-
-        index_bytes = index.finish()
-        if encrypted:
-            index_bytes = pyrage.encrypt(index_bytes, recipients)
-        index_key = f"{prefix}{name}{index_suffix(encrypted)}"
-        target.put(index_key, index_bytes)
-        import hashlib
-
-        index_ref = ObjectRef(index_key, len(index_bytes), hashlib.sha256(index_bytes).hexdigest())
-
-        seconds = time.monotonic() - started
-        manifest = Manifest(
-            generation=name,
-            host=socket.gethostname(),
-            root=str(host.layout.root),
-            started=start_time.isoformat(timespec="seconds"),
-            finished=datetime.now(UTC).isoformat(timespec="seconds"),
-            duration_seconds=round(seconds, 3),
-            archive=archive,
-            index=index_ref,
-            compression=compression.codec,
-            encryption={"scheme": "age", "recipients": list(cfg.encryption.recipients)}
-            if cfg.encryption
-            else None,
-            roots=[r for r in STATE_DIRS if (host.layout.root / r).exists()],
-            include_volumes=cfg.include_volumes,
-            files=stats.files,
-            dirs=stats.dirs,
-            symlinks=stats.symlinks,
-            source_bytes=stats.bytes,
-            partial=bool(stats.problems),
-            problems=[p.as_dict() for p in stats.problems + stats.skipped],
-            tool_version=__version__,
+        # 2. the file index
+        index_ref = write_index(
+            target, f"{prefix}{name}{index_suffix(bool(recipients))}", index, recipients
         )
-        target.put(f"{prefix}{name}.manifest.json", manifest.to_bytes())  # the commit marker
-
+        # 3. the manifest: the commit point of the generation
+        manifest = describe_generation(host, name, start_time, started, archive, index_ref, stats)
+        target.put(f"{prefix}{name}.manifest.json", manifest.to_bytes())
+        # 4. the `latest` alias the spec's plain-tools procedures use
         latest_key = f"{prefix}{LATEST}{suffix}"
-        warnings = _update_latest(target, prefix, archive_key, latest_key)
+        _update_latest(target, prefix, archive.key, latest_key)
+
         for problem in stats.problems:
             log.warning("partial: %s: %s", problem.path, problem.problem)
         for note in stats.skipped:
@@ -198,26 +153,102 @@ def run_backup(
         result = BackupResult(
             name,
             target.name,
-            archive_key,
-            size,
+            archive.key,
+            archive.size,
             stats,
             time.monotonic() - started,
             latest_key,
-            warnings,
         )
         log.info(
             "backup %s finished: %d files, %d bytes stored as %d bytes in %.1f s%s",
             name,
             stats.files,
             stats.bytes,
-            size,
+            archive.size,
             result.seconds,
             " (PARTIAL)" if result.partial else "",
         )
         return result
 
 
-def _update_latest(target: Target, prefix: str, archive_key: str, latest_key: str) -> list[str]:
+def stream_archive(
+    host: Host,
+    target: Target,
+    key: str,
+    index: IndexWriter,
+    recipients: list[Any],
+    on_bytes: Callable[[int], None] | None,
+) -> tuple[ObjectRef, Stats]:
+    """walk -> tar -> compress -> encrypt -> hash -> upload; abort the upload on any failure."""
+    cfg = host.config.backup
+    compression = cfg.compression_settings
+    selection = Selection(STATE_DIRS, tuple(cfg.exclude), cfg.include_volumes)
+    writer = target.open_writer(key)
+    compressor = None
+    try:
+        hashed = HashingWriter(writer)
+        encryptor = EncryptingWriter(hashed, recipients) if recipients else None
+        compressor = _open_compressor(
+            encryptor or hashed, compression.codec, compression.level, compression.threads
+        )
+        stats = write_archive(host.layout.root, selection, compressor, index.add, on_bytes)
+        compressor.close()
+        if encryptor is not None:
+            encryptor.close()
+        size = writer.commit()
+    except BaseException:
+        if compressor is not None:
+            _abandon(compressor)
+        writer.abort()
+        raise
+    return ObjectRef(key, size, hashed.sha256.hexdigest()), stats
+
+
+def write_index(target: Target, key: str, index: IndexWriter, recipients: list[Any]) -> ObjectRef:
+    """Store the file index (encrypted like the archive) and return its reference."""
+    data = index.finish()
+    if recipients:
+        data = pyrage.encrypt(data, recipients)
+    target.put(key, data)
+    return ObjectRef(key, len(data), hashlib.sha256(data).hexdigest())
+
+
+def describe_generation(
+    host: Host,
+    name: str,
+    start_time: datetime,
+    started: float,
+    archive: ObjectRef,
+    index: ObjectRef,
+    stats: Stats,
+) -> Manifest:
+    cfg = host.config.backup
+    return Manifest(
+        generation=name,
+        host=socket.gethostname(),
+        root=str(host.layout.root),
+        started=start_time.isoformat(timespec="seconds"),
+        finished=datetime.now(UTC).isoformat(timespec="seconds"),
+        duration_seconds=round(time.monotonic() - started, 3),
+        archive=archive,
+        index=index,
+        compression=cfg.compression_settings.codec,
+        encryption={"scheme": "age", "recipients": list(cfg.encryption.recipients)}
+        if cfg.encryption
+        else None,
+        roots=[r for r in STATE_DIRS if (host.layout.root / r).exists()],
+        include_volumes=cfg.include_volumes,
+        files=stats.files,
+        dirs=stats.dirs,
+        symlinks=stats.symlinks,
+        source_bytes=stats.bytes,
+        partial=bool(stats.problems),
+        problems=[p.as_dict() for p in stats.problems + stats.skipped],
+        tool_version=__version__,
+    )
+
+
+def _update_latest(target: Target, prefix: str, archive_key: str, latest_key: str) -> None:
     """Point `latest` at the new archive; a stale alias of another format is removed."""
     try:
         target.copy(archive_key, latest_key)
@@ -229,7 +260,6 @@ def _update_latest(target: Target, prefix: str, archive_key: str, latest_key: st
         key = f"{prefix}{LATEST}{other}"
         if key != latest_key:
             target.delete(key)
-    return []
 
 
 __all__ = ["BackupResult", "Problem", "run_backup"]

@@ -97,6 +97,7 @@ class RestorePlan:
     target: Target
     external_links: bool = False
     changes: list[Change] = field(default_factory=list)
+    reader: BinaryIO | None = None  # the archive, already downloading (see plan_restore)
 
     def entries(self) -> Iterator[Entry]:
         return read_index(io.BytesIO(self.index_bytes), self.manifest.index.key)
@@ -185,24 +186,50 @@ def plan_restore(
     to: str | None = None,
     target_choice: str | None = None,
     external_links: bool = False,
+    prefetch: bool = False,
 ) -> RestorePlan:
-    """Pick the generation, load its index, and work out what a restore would change."""
+    """Pick the generation, load its index, and work out what a restore would change.
+
+    With `prefetch`, the archive starts downloading (read-only, into a bounded
+    read-ahead) while the plan is made, so planning costs no wall time.
+    """
     target, prefix = host.target(target_choice)
     gen = select_generation(scan(target, prefix, load_manifests=False), generation, target)
     assert gen.manifest is not None
     manifest = gen.manifest
     scope = scope_for(what, path, host.layout.root)
     identities = _identities(host, manifest)
-    index_bytes = load_index(target, manifest, identities)
-    dest = Path(to).expanduser().resolve() if to else host.layout.root
-    plan = RestorePlan(
-        gen, manifest, scope, dest, index_bytes, identities, target, external_links=external_links
-    )
+    early = target.open_reader(manifest.archive.key) if prefetch else None
+    try:
+        index_bytes = load_index(target, manifest, identities)
+        dest = Path(to).expanduser().resolve() if to else host.layout.root
+        plan = RestorePlan(
+            gen,
+            manifest,
+            scope,
+            dest,
+            index_bytes,
+            identities,
+            target,
+            external_links=external_links,
+            reader=early,
+        )
+        _work_out_changes(plan)
+    except BaseException:
+        if early is not None:
+            early.close()
+        raise
+    return plan
+
+
+def _work_out_changes(plan: RestorePlan) -> None:
+    """Fill `plan.changes` (new, replace, same) for the selected entries of the index."""
+    scope, dest = plan.scope, plan.dest
     matched = False
     links: set[str] = set()
     absent: set[str] = set()  # folders missing at the destination: no need to look inside
     for entry in plan.entries():
-        check_entry(entry, links, external_links=external_links)  # the archive's rules
+        check_entry(entry, links, external_links=plan.external_links)  # the archive's rules
         if scope.selects(entry.path):
             matched = True
             parent = entry.path.rpartition("/")[0]
@@ -219,13 +246,12 @@ def plan_restore(
             }
         )
         hint = f"projects in this backup: {', '.join(known)}" if known else None
-        raise UsageError(f"{scope.label}: not in backup {manifest.generation}", hint=hint)
-    return plan
+        raise UsageError(f"{scope.label}: not in backup {plan.manifest.generation}", hint=hint)
 
 
 def _open_archive(plan: RestorePlan) -> tuple[BinaryIO, HashingReader]:
     what = plan.manifest.archive.key
-    raw = plan.target.open_reader(what)
+    raw, plan.reader = plan.reader or plan.target.open_reader(what), None
     hashed = HashingReader(raw)
     # `hashed` itself, unbuffered: its read(n) passes whole fetched ranges through,
     # and a BufferedReader around it, once collected, would close it before

@@ -98,7 +98,6 @@ def list_cmd(ctx: click.Context, target_choice: str | None, as_json: bool) -> No
         out.print(f"no backups on {where}", markup=False)
         return
     table = Table(title=f"Backups on {where}", title_justify="left")
-    out.width = max(out.width, 120)
     for col in ("generation", "status", "size", "source", "files", "encrypted"):
         table.add_column(col, justify="right" if col in ("size", "source", "files") else "left")
     for r in rows:

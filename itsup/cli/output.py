@@ -16,7 +16,8 @@ from rich.progress import (
     TransferSpeedColumn,
 )
 
-out = Console(highlight=False, soft_wrap=True)
+# Off a terminal (cron mail, pipes) rich would assume 80 columns and cut names.
+out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 

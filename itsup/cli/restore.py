@@ -66,6 +66,7 @@ def restore(
         to=to,
         target_choice=target_choice,
         external_links=allow_external_links,
+        prefetch=not dry_run,
     )
     new = sum(1 for c in plan.changes if c.kind == "new")
     replace = plan.overwrites
