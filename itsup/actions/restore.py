@@ -29,7 +29,7 @@ from itsup.generation import Generation, scan, select_generation
 from itsup.host import Host
 from itsup.manifest import Entry, Manifest, read_index
 from itsup.pipeline.crypt import decrypting_reader, default_identity_file, load_identities
-from itsup.pipeline.decompress import GunzipReader
+from itsup.pipeline.decompress import gunzip_reader
 from itsup.pipeline.extract import Extractor, check_entry
 from itsup.pipeline.stream import GuardedReader, HashingReader
 from itsup.storage import Target
@@ -260,7 +260,7 @@ def _open_archive(plan: RestorePlan) -> tuple[BinaryIO, HashingReader]:
     if plan.manifest.encrypted:
         stream = decrypting_reader(cast(BinaryIO, hashed), plan.identities, what)
     if plan.manifest.compression == "gzip":
-        stream = GunzipReader(GuardedReader(stream, what))  # type: ignore[arg-type]
+        stream = gunzip_reader(GuardedReader(stream, what))  # type: ignore[arg-type]
     return io.BufferedReader(GuardedReader(stream, what), MiB), hashed
 
 

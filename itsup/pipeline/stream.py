@@ -129,16 +129,22 @@ class _PipeReader(io.RawIOBase):
             if self.eof:
                 return 0
             item = self.pipe.q.get()
-            if item is _EOF:
-                self.eof = True
+            if item is _EOF or isinstance(item, BaseException):
+                self.eof = True  # a failure is reported once; then the stream is over
+                if isinstance(item, BaseException):
+                    raise item
                 return 0
-            if isinstance(item, BaseException):
-                raise item
             self.current = memoryview(item)
         n = min(len(b), len(self.current))
         b[:n] = self.current[:n]
         self.current = self.current[n:]
         return n
+
+    def close(self) -> None:
+        """Reader gone: the writing side fails at its next write instead of blocking."""
+        if self.pipe.error is None:
+            self.pipe.error = BrokenPipeError("the reading side of the pipe was closed")
+        super().close()
 
 
 class Worker(threading.Thread):
