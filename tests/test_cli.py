@@ -82,3 +82,24 @@ def test_verbose_prints_a_summary_off_a_terminal(tmp_path: Path) -> None:
     assert "files" in res.out and "backup-" in res.out
     quiet = itsup(store.root, "backup")
     assert quiet.out == "" and quiet.err == ""
+
+
+def test_restore_clears_staging_left_by_a_killed_restore(tmp_path: Path) -> None:
+    store = setup_host(tmp_path / "host", "local", None, "")
+    itsup(store.root, "backup")
+    dest = tmp_path / "dest"
+    dest.mkdir()
+    dead = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+    stale = dest / f".itsup-restore-{dead}-0badc0de"
+    (stale / "proxy").mkdir(parents=True)
+    running = dest / f".itsup-restore-{os.getpid()}-00c0ffee"  # its owner is alive: kept
+    running.mkdir()
+    itsup(store.root, "restore", "--to", dest)
+    assert not stale.exists()
+    assert running.exists()
+    assert (dest / "proxy/traefik/acme.json").exists()

@@ -269,7 +269,8 @@ def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None
     started = time.monotonic()
     manifest = plan.manifest
     plan.dest.mkdir(parents=True, exist_ok=True)
-    token = secrets.token_hex(4)
+    remove_leftovers(plan.dest)
+    token = f"{os.getpid()}-{secrets.token_hex(4)}"
     staging = plan.dest / f"{STAGING_MARK}{token}"
     aside = plan.dest / f"{STAGING_MARK}{token}.old"
     staging.mkdir(mode=0o700)
@@ -371,11 +372,32 @@ def swap_into_place(staging: Path, dest: Path, aside: Path, scope: Scope) -> Non
             log.debug("replaced %s", rel)
 
 
-def find_leftovers(dest: Path) -> list[Path]:
-    """Staging folders left by a restore that was killed (safe to delete)."""
+def remove_leftovers(dest: Path) -> None:
+    """Delete staging folders of restores that were killed (their process is gone).
+
+    A killed restore never touched the live files (the swap is the last step),
+    but its staging folder would linger; one whose owner still runs is left alone.
+    """
     if not dest.is_dir():
-        return []
-    return [p for p in dest.iterdir() if p.name.startswith(STAGING_MARK)]
+        return
+    for path in dest.iterdir():
+        if not path.name.startswith(STAGING_MARK):
+            continue
+        pid = path.name[len(STAGING_MARK) :].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
+        log.info("removing %s, left by a restore that was stopped", path)
+        shutil.rmtree(path, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 __all__ = ["ItsupError", "RestorePlan", "RestoreResult", "plan_restore", "run_restore"]

@@ -22,7 +22,7 @@ import tarfile
 import threading
 from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import IO
@@ -79,7 +79,6 @@ class ExtractStats:
     symlinks: int = 0
     bytes: int = 0
     members: int = 0
-    written: list[str] = field(default_factory=list)  # top-most restored paths, in order
 
 
 def _mtime_ns(info: tarfile.TarInfo) -> int:
