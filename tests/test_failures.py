@@ -73,10 +73,11 @@ def add_bulk(root: Path, bulk: list[Path]) -> None:
         os.link(path, root / "upstream/app/volumes/data" / path.name)
 
 
-def start_backup(root: Path) -> subprocess.Popen[str]:
+def start_itsup(root: Path, *args: str) -> subprocess.Popen[str]:
+    """`itsup --root ROOT ARGS` running in the background, as cron would start it."""
     env = {k: v for k, v in os.environ.items() if k != "ITSUP_ROOT"}
     return subprocess.Popen(
-        [*ITSUP, "--root", str(root), "backup"],
+        [*ITSUP, "--root", str(root), *args],
         cwd=root,
         env=env,
         stdin=subprocess.DEVNULL,
@@ -84,6 +85,10 @@ def start_backup(root: Path) -> subprocess.Popen[str]:
         stderr=subprocess.PIPE,
         text=True,
     )
+
+
+def start_backup(root: Path) -> subprocess.Popen[str]:
+    return start_itsup(root, "backup")
 
 
 def wait_until(
@@ -374,21 +379,9 @@ def test_unreachable_storage_exits_6(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     root = tmp_path / "host"
     s3_host(root, f"http://127.0.0.1:{port}")
-    env = {k: v for k, v in os.environ.items() if k != "ITSUP_ROOT"}
     commands = [["backup"], ["backup", "list"], ["restore", "all", "--yes"]]
     # Each retries with backoff before giving up: run them side by side.
-    procs = [
-        subprocess.Popen(
-            [*ITSUP, "--root", str(root), *args],
-            cwd=root,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for args in commands
-    ]
+    procs = [start_itsup(root, *args) for args in commands]
     for args, proc in zip(commands, procs, strict=True):
         out, err = proc.communicate(timeout=120)
         assert proc.returncode == ExitCode.STORAGE, f"{args}: {err}"

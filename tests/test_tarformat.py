@@ -30,6 +30,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from itsup.pipeline.tarformat import BLOCK, TarReader, encode_header
+from itsup.pipeline.tarformat import _pax_record as pax_record
 
 GNU_ENV = {**os.environ, "LC_ALL": "C.UTF-8", "TZ": "UTC"}
 NS = 1_000_000_000
@@ -430,14 +431,6 @@ def test_reader_refuses_a_truncated_archive(cut: int) -> None:
 
 def test_reader_refuses_a_missing_end_marker() -> None:
     assert "end-of-archive" in str(refused(build(SIMPLE, end=False)))
-
-
-def pax_record(key: str, value: str) -> bytes:
-    payload = f" {key}={value}\n".encode()
-    length = len(payload) + 1
-    while len(str(length)) + len(payload) != length:
-        length = len(str(length)) + len(payload)
-    return str(length).encode() + payload
 
 
 def with_pax(records: bytes) -> bytes:
