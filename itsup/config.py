@@ -176,8 +176,14 @@ def _read_text(path: Path, what: str) -> str:
 
 def read_dotenv(path: Path) -> dict[str, str]:
     """Parse a dotenv file (KEY=VALUE, `export` prefix, quotes, # comments)."""
+    return parse_dotenv(_read_text(path, "the secrets file"), str(path))
+
+
+def parse_dotenv(text: str, source: str) -> dict[str, str]:
+    """Parse dotenv text; `source` names it in messages (which never quote a line)."""
+    path = source
     values: dict[str, str] = {}
-    for lineno, raw in enumerate(_read_text(path, "the secrets file").splitlines(), 1):
+    for lineno, raw in enumerate(text.splitlines(), 1):
         line = raw.strip()
         if not line or line.startswith("#"):
             continue
@@ -408,8 +414,37 @@ def _hide(text: str, secrets: set[str]) -> str:
 
 
 def load_secrets(layout: Layout) -> dict[str, str]:
-    """The shared secrets (`secrets/itsup.txt`), or nothing when the file is absent."""
-    return read_dotenv(layout.shared_secrets) if layout.shared_secrets.is_file() else {}
+    """The shared secrets: `secrets/itsup.txt`, else `secrets/itsup.enc.txt` decrypted in memory.
+
+    A freshly cloned host has only the encrypted file; decrypting it in memory
+    (never to disk) lets it back up and restore before anyone runs `decrypt`.
+    When it cannot be decrypted and itsup.yml has no `${VAR}` to expand, the
+    run goes on without it (with a warning): nothing needed it.
+    """
+    if layout.shared_secrets.is_file():
+        return read_dotenv(layout.shared_secrets)
+    encrypted = layout.secrets / "itsup.enc.txt"
+    if not encrypted.is_file():
+        return {}
+    from itsup import sops
+    from itsup.errors import ItsupError
+
+    try:
+        data = encrypted.read_bytes()
+        plain = sops.decrypt(data, "secrets/itsup.enc.txt", layout.secrets)
+    except (ItsupError, OSError) as exc:
+        try:
+            needed = "${" in layout.config_file.read_text(encoding="utf-8", errors="replace")
+        except OSError:
+            needed = True
+        if needed:
+            raise
+        import logging
+
+        message = exc.message if isinstance(exc, ItsupError) else str(exc)
+        logging.getLogger("itsup").warning("shared secrets not loaded: %s", message)
+        return {}
+    return parse_dotenv(plain.decode("utf-8", "replace"), "secrets/itsup.enc.txt (decrypted)")
 
 
 def load_config(

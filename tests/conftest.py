@@ -35,6 +35,37 @@ def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
 
 
 @pytest.fixture
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """A HOME of the test's own: git identity and config, sops keys, ~/.config.
+
+    Nothing the test (or the itsup it runs) does can touch the real user's git
+    config or age keys, and nothing from them leaks in.
+    """
+    home = tmp_path / "home"
+    home.mkdir()
+    (home / ".gitconfig").write_text(
+        "[user]\n\tname = Test Operator\n\temail = ops@example.test\n"
+        "[init]\n\tdefaultBranch = main\n"
+    )
+    monkeypatch.setenv("HOME", str(home))
+    monkeypatch.setenv("XDG_CONFIG_HOME", str(home / ".config"))
+    monkeypatch.setenv("GIT_CONFIG_GLOBAL", str(home / ".gitconfig"))
+    monkeypatch.setenv("GIT_CONFIG_NOSYSTEM", "1")
+    monkeypatch.setenv("SOPS_DISABLE_VERSION_CHECK", "true")
+    for var in (
+        "SOPS_AGE_KEY_FILE",
+        "SOPS_AGE_KEY",
+        "SOPS_AGE_KEY_CMD",
+        "ITSUP_AGE_IDENTITY",
+        "ITSUP_ROOT",
+        "GIT_DIR",
+        "GIT_WORK_TREE",
+    ):
+        monkeypatch.delenv(var, raising=False)
+    return home
+
+
+@pytest.fixture
 def s3_prefix(request: pytest.FixtureRequest) -> str:
     """A key prefix of this test's own, so tests never see each other's generations.
 
