@@ -44,10 +44,16 @@ def cli(ctx: click.Context, root: str | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from itsup.cli import backup, restore
+    from itsup.cli import backup, init, restore, secrets, snapshot
 
     cli.add_command(backup.backup)
     cli.add_command(restore.restore)
+    cli.add_command(init.init)
+    cli.add_command(secrets.keygen)
+    cli.add_command(secrets.encrypt)
+    cli.add_command(secrets.decrypt)
+    cli.add_command(secrets.secrets)
+    cli.add_command(snapshot.snapshot)
 
 
 _register()
