@@ -29,6 +29,14 @@ from gitsops import (
     sops_encrypt_file,
 )
 
+
+def init_both(root: Path, remotes: Remotes) -> Result:
+    """`itsup init` with both URLs, as the README shows it."""
+    return run_itsup(
+        "init", "--projects-url", remotes.projects, "--secrets-url", remotes.secrets, root=root
+    )
+
+
 SECRET_VALUE = "s3cr3t-value-never-printed"
 
 
@@ -117,14 +125,7 @@ def test_clones_both_repositories_and_reports_a_good_layout(
 ) -> None:
     root = tmp_path / "host"
     root.mkdir()
-    res = run_itsup(
-        "init",
-        "--projects-url",
-        str(remotes.projects),
-        "--secrets-url",
-        str(remotes.secrets),
-        root=root,
-    )
+    res = init_both(root, remotes)
     assert res.code == 0, res.out + res.err
     for rel, content in PROJECTS_FILES.items():
         assert (root / "projects" / rel).read_text() == content
@@ -235,14 +236,7 @@ def test_non_empty_folder_that_is_not_a_repository_is_left_alone(
     root = tmp_path / "host"
     (root / "projects").mkdir(parents=True)
     (root / "projects" / "mine.yml").write_text("hand-made: true\n")
-    res = run_itsup(
-        "init",
-        "--projects-url",
-        str(remotes.projects),
-        "--secrets-url",
-        str(remotes.secrets),
-        root=root,
-    )
+    res = init_both(root, remotes)
     assert res.code == 1, res.out + res.err
     assert "projects/" in res.err and "not a git checkout" in res.err
     assert "nothing was changed" in res.err
@@ -420,14 +414,7 @@ def test_key_that_is_not_a_recipient_is_reported(tmp_path: Path, remotes: Remote
     new_age_key(remotes.key)  # replace the key with one the secrets were not made for
     root = tmp_path / "host"
     root.mkdir()
-    res = run_itsup(
-        "init",
-        "--projects-url",
-        str(remotes.projects),
-        "--secrets-url",
-        str(remotes.secrets),
-        root=root,
-    )
+    res = init_both(root, remotes)
     assert res.code == 0, res.out + res.err
     assert "age key:" in res.err and "not a recipient" in res.err
 

@@ -678,15 +678,24 @@ def check_config(layout: Layout, result: InitResult) -> None:
         load_config(layout, secrets=shared)
     except ConfigError as exc:
         problems = exc.problems
-        if secrets_problem is not None:
-            # `${VAR}` from secrets that could not be read: not the file's fault.
+        if secrets_problem is not None or not shared:
+            # `${VAR}` from secrets that could not be read, or that nobody has
+            # written yet (a new setup): not the file's fault.
             waiting = [p for p in problems if " is not defined in " in p]
             problems = [p for p in problems if p not in waiting]
-            if waiting:
+            if waiting and secrets_problem is not None:
                 result.add(
                     name, "warning",
                     f"{len(waiting)} setting(s) use secrets that could not be decrypted; "
                     "checked again once they can",
+                )  # fmt: skip
+            elif waiting:
+                names = sorted({m for p in waiting for m in re.findall(r"\$\{(\w+)", p)})
+                result.add(
+                    name, "warning",
+                    f"needs {', '.join(names)}, which no secrets file defines yet",
+                    hint="put them in secrets/itsup.txt as KEY=VALUE lines, then "
+                    "`itsup encrypt itsup`",
                 )  # fmt: skip
         if problems:
             result.config_problems += problems

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import BinaryIO
 
 from itsup.errors import NotFoundError, StorageError
+from itsup.fsutil import fsync_dir
 from itsup.storage.base import ObjectInfo
 
 PARTIAL_MARK = ".partial-"
@@ -31,14 +32,6 @@ def _private(path: str, flags: int) -> int:
 # What the OS says when no object file is at a key: nothing there, a folder
 # there (an S3 "prefix", not an object), or a file where a folder would be.
 _ABSENT = (FileNotFoundError, IsADirectoryError, NotADirectoryError)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
 
 
 class LocalWriter:
@@ -67,7 +60,7 @@ class LocalWriter:
             os.fsync(self.fh.fileno())
             self.fh.close()
             os.replace(self.tmp, self.final)
-            _fsync_dir(self.final.parent)
+            fsync_dir(self.final.parent)
         except OSError as exc:
             self.abort()
             raise StorageError(f"{self.name}: finishing {self.final}: {exc.strerror}") from None
