@@ -92,9 +92,7 @@ def _init_plain(root: Path) -> Result:
 
 def _clone_both(root: Path, r: Remotes) -> Result:
     root.mkdir(parents=True, exist_ok=True)
-    res = run_itsup(
-        "init", "--projects-url", str(r.projects), "--secrets-url", str(r.secrets), root=root
-    )
+    res = init_both(root, r)
     assert res.code == 0, res.out + res.err
     return res
 
@@ -357,9 +355,7 @@ def test_invalid_itsup_yml_exits_4_naming_file_and_line(
     r = _remotes(tmp_path, isolated_home, files)
     root = tmp_path / "host"
     root.mkdir()
-    res = run_itsup(
-        "init", "--projects-url", str(r.projects), "--secrets-url", str(r.secrets), root=root
-    )
+    res = init_both(root, r)
     assert res.code == 4, res.out + res.err
     assert f"{root / 'projects' / 'itsup.yml'}:3: backup.local.pathh: unknown key" in res.err
     assert (root / "projects" / "itsup.yml").is_file()  # cloned all the same
@@ -371,9 +367,7 @@ def test_missing_itsup_yml_exits_4(tmp_path: Path, isolated_home: Path) -> None:
     r = _remotes(tmp_path, isolated_home, files)
     root = tmp_path / "host"
     root.mkdir()
-    res = run_itsup(
-        "init", "--projects-url", str(r.projects), "--secrets-url", str(r.secrets), root=root
-    )
+    res = init_both(root, r)
     assert res.code == 4, res.out + res.err
     assert f"{root / 'projects' / 'itsup.yml'}: not found" in res.err
 
@@ -383,9 +377,7 @@ def test_missing_ingress_is_reported(tmp_path: Path, isolated_home: Path) -> Non
     r = _remotes(tmp_path, isolated_home, files)
     root = tmp_path / "host"
     root.mkdir()
-    res = run_itsup(
-        "init", "--projects-url", str(r.projects), "--secrets-url", str(r.secrets), root=root
-    )
+    res = init_both(root, r)
     assert res.code == 0, res.out + res.err
     assert "itsup: warning: project blog: ingress.yml missing in projects/blog/" in res.err
     assert "project app: docker-compose.yml, ingress.yml" in res.out
@@ -400,9 +392,7 @@ def test_without_an_age_key_the_secrets_are_a_warning_not_a_crash(
     r.key.unlink()  # a new host: the key has not been restored yet
     root = tmp_path / "host"
     root.mkdir()
-    res = run_itsup(
-        "init", "--projects-url", str(r.projects), "--secrets-url", str(r.secrets), root=root
-    )
+    res = init_both(root, r)
     assert res.code == 0, res.out + res.err
     assert "shared secrets: not loaded: secrets/itsup.enc.txt: no age key found" in res.err
     assert "itsup: warning: age key: none at" in res.err
@@ -558,3 +548,21 @@ def test_empty_secrets_answer_means_one_repository(tmp_path: Path, remotes: Remo
     assert code == 0, out + err
     assert git("remote", "get-url", "origin", cwd=root) == str(remote)
     assert (root / "secrets" / "itsup.enc.txt").is_file()
+
+
+def test_placeholders_nobody_defined_yet_are_a_warning_on_a_new_setup(
+    tmp_path: Path, isolated_home: Path
+) -> None:
+    """A brand-new setup has no secrets yet: itsup.yml's ${VAR}s are a to-do, not an error."""
+    files = {**PROJECTS_FILES, "itsup.yml": "backup:\n  local:\n    path: ${BACKUP_DIR}\n"}
+    base = tmp_path / "remotes"
+    base.mkdir()
+    projects = bare_remote(base, "projects")
+    seed_remote(projects, files, base / "seed")
+    secrets = bare_remote(base, "secrets")  # empty: nothing encrypted yet
+    root = tmp_path / "host"
+    root.mkdir()
+    res = run_itsup("init", "--projects-url", projects, "--secrets-url", secrets, root=root)
+    assert res.code == 0, res.out + res.err
+    assert "needs BACKUP_DIR, which no secrets file defines yet" in res.err
+    assert "itsup encrypt itsup" in res.err
