@@ -38,7 +38,7 @@ from itsup.layout import Layout
 Path_ = tuple[str | int, ...]
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Sections itsup itself reads; the rest of itsup.yml belongs to other tools.
-OWN_SECTIONS = ("backup",)
+OWN_SECTIONS = ("backup", "notify")
 
 
 class Expanded(str):
@@ -127,6 +127,63 @@ def _compression_kind(value: Any) -> str:
     return "settings" if isinstance(value, dict | CompressionConfig) else "switch"
 
 
+def _seconds(value: Any) -> Any:
+    """`48h`, `30m`, `7d` (or a number of seconds) as seconds."""
+    from itsup.durations import parse_duration
+
+    if isinstance(value, bool):
+        return value  # let validation refuse it
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str):
+        try:
+            return parse_duration(value)
+        except ValueError as exc:
+            raise ValueError(str(exc)) from None
+    return value
+
+
+Seconds = Annotated[int, BeforeValidator(_seconds), Field(ge=1)]
+Event = Literal["failure", "partial", "stale", "verify_failed", "drill_failed", "success"]
+EVENTS: tuple[Event, ...] = get_args(Event)
+DEFAULT_EVENTS: tuple[Event, ...] = tuple(e for e in EVENTS if e != "success")
+
+
+def _http_url(value: str | None) -> str | None:
+    if value is not None and not re.match(r"^https?://[^/\s]+", value):
+        raise ValueError("must be an http(s) URL")
+    return value
+
+
+class MonitoringConfig(_Strict):
+    # `itsup backup check` and stale-backup alerts: the newest complete
+    # generation may be at most this old (the spec: alert after 48 hours).
+    max_age: Seconds = 48 * 3600
+    # Restore drill targets: recovery time and the age of the restored data.
+    rto: Seconds | None = None
+    rpo: Seconds | None = None
+    # Prometheus text file for node_exporter's textfile collector.
+    metrics_file: str | None = None
+    # Healthchecks-style pings: URL, URL/start, URL/fail.
+    healthchecks: Annotated[str | None, AfterValidator(_http_url)] = None
+
+
+def _notify_item(value: Any) -> Any:
+    return {"url": value} if isinstance(value, str) else value
+
+
+class NotifyTarget(_Strict):
+    url: str = Field(min_length=3)
+    events: list[Event] = Field(default_factory=lambda: list(DEFAULT_EVENTS), min_length=1)
+
+    @field_validator("url")
+    @classmethod
+    def _apprise_url(cls, value: str) -> str:
+        if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
+            raise ValueError("must be an apprise URL such as ntfys://ntfy.sh/topic or json://host/path")
+        return value
+
+
 class BackupConfig(_Strict):
     s3: S3Config | None = None
     local: LocalConfig | None = None
@@ -139,6 +196,7 @@ class BackupConfig(_Strict):
     ] = True
     encryption: EncryptionConfig | None = None
     exclude: list[str] = Field(default_factory=list)
+    monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
 
     @field_validator("target")
     @classmethod
@@ -158,6 +216,11 @@ class BackupConfig(_Strict):
 class ItsupConfig(BaseModel):
     model_config = ConfigDict(extra="allow", frozen=True)
     backup: BackupConfig = Field(default_factory=BackupConfig)
+    # Where alerts go: apprise URLs, each for all events but success unless
+    # `events:` says otherwise.
+    notify: list[Annotated[NotifyTarget, BeforeValidator(_notify_item)]] = Field(
+        default_factory=list
+    )
 
 
 # -- step 1: read files ---------------------------------------------------------
@@ -496,8 +559,9 @@ def _load(
             )
         )
     merged = {**data, **expanded}
-    if merged.get("backup") is None:
-        merged["backup"] = {}
+    for section, empty in (("backup", {}), ("notify", [])):
+        if merged.get(section) is None:
+            merged[section] = empty
     try:
         config = ItsupConfig.model_validate(merged)
     except ValidationError as exc:

@@ -20,6 +20,7 @@ class ExitCode(IntEnum):
     DAMAGED = 5  # a backup failed an integrity check or held hostile paths
     STORAGE = 6  # the storage target could not be reached or refused us
     LOCKED = 11  # another backup holds the lock for this host root
+    STALE = 12  # `backup check`: the newest complete backup is too old (or there is none)
     INTERRUPTED = 130  # stopped by SIGINT/SIGTERM; nothing half-written kept
 
 
@@ -70,3 +71,9 @@ class LockedError(ItsupError):
 
 class Interrupted(ItsupError):
     exit_code = ExitCode.INTERRUPTED
+
+
+class StaleError(ItsupError):
+    """The newest complete backup is older than allowed, or there is none."""
+
+    exit_code = ExitCode.STALE

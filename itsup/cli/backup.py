@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
@@ -10,6 +11,9 @@ from rich.table import Table
 from itsup.cli.output import byte_progress, err, human_bytes, interactive, out
 from itsup.errors import ExitCode
 from itsup.host import Host
+
+if TYPE_CHECKING:
+    from itsup.actions.backup import BackupResult
 
 TARGET = click.option(
     "--target",
@@ -53,12 +57,30 @@ def backup(ctx: click.Context, target_choice: str | None) -> int | None:
     if ctx.invoked_subcommand is not None:
         return None
     from itsup.actions.backup import run_backup
+    from itsup.monitor import monitored
 
     host = _host(ctx)
-    show = interactive()
-    total = _source_size(host) if show else None
-    with byte_progress("backup", total, show) as advance:
-        result = run_backup(host, target_choice=target_choice, on_bytes=advance)
+    with monitored(host.layout, host.config, "backup") as run:
+        show = interactive()
+        total = _source_size(host) if show else None
+        with byte_progress("backup", total, show) as advance:
+            result = run_backup(host, target_choice=target_choice, on_bytes=advance)
+        s = result.stats
+        record = run.record
+        record.target, record.generation = result.target, result.generation
+        record.bytes, record.files = result.archive_size, s.files
+        record.details = {"source_bytes": s.bytes, "unreadable_paths": len(s.problems)}
+        record.exit_code = ExitCode.PARTIAL if result.partial else ExitCode.SUCCESS
+        if result.partial:
+            record.message = (
+                f"{len(s.problems)} path(s) could not be read completely, e.g. "
+                f"{s.problems[0].path}: {s.problems[0].problem}"
+            )
+        _report_backup(ctx, result, show)
+    return record.exit_code
+
+
+def _report_backup(ctx: click.Context, result: BackupResult, show: bool) -> None:
     s = result.stats
     if show or ctx.obj["verbose"]:
         out.print(
@@ -77,8 +99,6 @@ def backup(ctx: click.Context, target_choice: str | None) -> int | None:
             err.print(f"  {problem.path}: {problem.problem}", markup=False)
         if len(s.problems) > 20:
             err.print(f"  ... and {len(s.problems) - 20} more (see the manifest)", markup=False)
-        return ExitCode.PARTIAL
-    return ExitCode.SUCCESS
 
 
 @backup.command("list")
@@ -111,3 +131,119 @@ def list_cmd(ctx: click.Context, target_choice: str | None, as_json: bool) -> No
             "-" if r.encrypted is None else ("yes" if r.encrypted else "no"),
         )
     out.print(table)
+
+
+def _age(seconds: float | None) -> str:
+    from itsup.durations import format_duration
+
+    return "-" if seconds is None else format_duration(seconds)
+
+
+def _when(record: dict[str, object] | None) -> str:
+    from datetime import datetime
+
+    if not record or not isinstance(record.get("finished"), int | float):
+        return "never"
+    finished = float(record["finished"])  # type: ignore[arg-type]
+    ago = _age(datetime.now().timestamp() - finished)
+    stamp = datetime.fromtimestamp(finished).astimezone().strftime("%Y-%m-%d %H:%M %Z")
+    return f"{stamp} ({ago} ago)"
+
+
+@backup.command("status")
+@TARGET
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def status_cmd(ctx: click.Context, target_choice: str | None, as_json: bool) -> int:
+    """The newest backup on each target, and the last backup, verify and drill runs."""
+    from itsup.actions.status import status
+
+    host = _host(ctx)
+    st = status(host, target_choice)
+    if as_json:
+        out.print(json.dumps(st.as_dict(), indent=2), markup=False)
+        return ExitCode.SUCCESS
+    table = Table(title="Newest complete backup", title_justify="left")
+    for col in ("target", "generation", "age", "size", "source", "files", "took", "stored"):
+        table.add_column(col, justify="right" if col in ("size", "source", "files") else "left")
+    for t in st.targets:
+        if t.error:
+            table.add_row(t.where, f"[red]unreachable: {t.error}[/red]", *["-"] * 6)
+            continue
+        stored = (
+            f"{t.generations} ({t.incomplete} incomplete)" if t.incomplete else str(t.generations)
+        )
+        table.add_row(
+            t.where,
+            (t.newest or "none") + (" (partial)" if t.partial else ""),
+            _age(t.age_seconds),
+            human_bytes(t.archive_bytes) if t.archive_bytes is not None else "-",
+            human_bytes(t.source_bytes) if t.source_bytes is not None else "-",
+            "-" if t.files is None else str(t.files),
+            _age(t.duration_seconds),
+            stored,
+        )
+    out.print(table)
+    runs = Table(title="Last runs on this host", title_justify="left")
+    for col in ("run", "last", "result", "last success", "detail"):
+        runs.add_column(col)
+    for action in ("backup", "verify", "drill", "check"):
+        last = st.runs.get(action)
+        detail = ""
+        if last:
+            if last.get("message"):
+                detail = str(last["message"])
+            elif action == "drill":
+                d = last.get("details") or {}
+                detail = f"RTO {_age(d.get('rto_seconds'))}, RPO {_age(d.get('rpo_seconds'))}"
+            elif last.get("generation"):
+                detail = str(last["generation"])
+        runs.add_row(
+            action,
+            _when(last),
+            str(last.get("result")) if last else "-",
+            _when(st.successes.get(action)),
+            detail,
+        )
+    out.print(runs)
+    return ExitCode.SUCCESS
+
+
+@backup.command("check")
+@TARGET
+@click.option(
+    "--max-age",
+    metavar="DURATION",
+    help="Newest complete backup may be at most this old: 30s, 90m, 48h, 7d "
+    "(default: backup.monitoring.max_age, 48h).",
+)
+@click.pass_context
+def check_cmd(ctx: click.Context, target_choice: str | None, max_age: str | None) -> int:
+    """Exit 12 when the newest complete backup is older than --max-age (for cron/monitoring).
+
+    Reads the storage itself, so it also notices a backup job that stopped
+    running. Sends a `stale` notification when it fails.
+    """
+    from itsup.actions.status import check
+    from itsup.durations import format_duration, parse_duration
+    from itsup.errors import UsageError
+    from itsup.monitor import monitored
+
+    try:
+        limit = parse_duration(max_age) if max_age else None
+    except ValueError as exc:
+        raise UsageError(f"--max-age: {exc}") from None
+    host = _host(ctx)
+    seconds = limit if limit is not None else host.config.backup.monitoring.max_age
+    with monitored(host.layout, host.config, "check") as run:
+        run.record.details = {"max_age_seconds": seconds}
+        st = check(host, seconds, target_choice)
+        run.record.target, run.record.generation = st.where, st.newest
+        run.record.details["age_seconds"] = round(st.age_seconds or 0)
+        if ctx.obj["verbose"] or interactive():
+            out.print(
+                f"ok: {st.newest} is {format_duration(st.age_seconds or 0)} old "
+                f"(limit {format_duration(seconds)})",
+                markup=False,
+            )
+    return ExitCode.SUCCESS

@@ -1,0 +1,131 @@
+"""`backup status` and `backup check`: how old is the newest complete backup?
+
+The age comes from the storage itself (the newest generation with a
+manifest), not from local state, so `check` also catches a cron job that
+silently stopped running, a target that lost its objects, or a host that
+died: run it from anywhere that can read the bucket.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from itsup.errors import ItsupError, StaleError
+from itsup.generation import Generation, load_manifest, scan
+from itsup.host import Host
+from itsup.monitor import load_state
+
+
+@dataclass
+class TargetStatus:
+    kind: str  # "s3" | "local"
+    where: str  # e.g. "s3://bucket at https://... /itsup/"
+    generations: int = 0
+    incomplete: int = 0
+    newest: str | None = None
+    started: str | None = None
+    age_seconds: float | None = None
+    duration_seconds: float | None = None
+    archive_bytes: int | None = None
+    source_bytes: int | None = None
+    files: int | None = None
+    partial: bool | None = None
+    error: str | None = None  # the target could not be read
+
+    def as_dict(self) -> dict[str, Any]:
+        from dataclasses import asdict
+
+        return asdict(self)
+
+
+def configured_targets(host: Host) -> list[str]:
+    cfg = host.config.backup
+    kinds = []
+    if cfg.s3 is not None:
+        kinds.append("s3")
+    if cfg.local is not None or cfg.s3 is None:
+        kinds.append("local")
+    return kinds
+
+
+def _newest_complete(target: Any, gens: list[Generation]) -> Generation | None:
+    for gen in gens:
+        load_manifest(target, gen)
+        if gen.complete:
+            return gen
+    return None
+
+
+def target_status(host: Host, kind: str, now: datetime | None = None) -> TargetStatus:
+    target, prefix = host.target(kind)
+    status = TargetStatus(kind, f"{target.name}/{prefix}")
+    try:
+        gens = scan(target, prefix, load_manifests=False)
+        newest = _newest_complete(target, gens)
+    except ItsupError as exc:
+        status.error = exc.message
+        return status
+    status.generations = len(gens)
+    status.incomplete = sum(1 for g in gens if "manifest.json" not in g.objects)
+    if newest is None or newest.manifest is None:
+        return status
+    m = newest.manifest
+    started = datetime.fromisoformat(m.started)
+    status.newest = newest.name
+    status.started = m.started
+    status.age_seconds = ((now or datetime.now(UTC)) - started).total_seconds()
+    status.duration_seconds = m.duration_seconds
+    status.archive_bytes = m.archive.size
+    status.source_bytes = m.source_bytes
+    status.files = m.files
+    status.partial = m.partial
+    return status
+
+
+@dataclass
+class Status:
+    targets: list[TargetStatus]
+    runs: dict[str, Any]  # action -> last run record (dict)
+    successes: dict[str, Any]  # action -> last successful run record
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "targets": [t.as_dict() for t in self.targets],
+            "last_run": self.runs,
+            "last_success": self.successes,
+        }
+
+
+def status(host: Host, choice: str | None = None) -> Status:
+    kinds = [choice] if choice else configured_targets(host)
+    state = load_state(host.layout)
+    return Status(
+        [target_status(host, kind) for kind in kinds], state["last"], state["last_success"]
+    )
+
+
+def check(host: Host, max_age: float, choice: str | None = None) -> TargetStatus:
+    """The target's status; StaleError when its newest complete backup is older than max_age."""
+    from itsup.durations import format_duration
+    from itsup.errors import StorageError
+
+    kind = choice or configured_targets(host)[0]
+    st = target_status(host, kind)
+    if st.error is not None:
+        raise StorageError(st.error)
+    limit = format_duration(max_age)
+    if st.newest is None or st.age_seconds is None:
+        raise StaleError(
+            f"{st.where}: no complete backup at all (limit {limit})",
+            hint="run `itsup backup` and look at logs/backup.log for why none has completed",
+        )
+    if st.age_seconds > max_age:
+        raise StaleError(
+            f"{st.where}: the newest complete backup, {st.newest}, is "
+            f"{format_duration(st.age_seconds)} old (limit {limit})",
+            hint="the scheduled backup is not running or failing: see logs/backup.log "
+            "and `itsup backup status`",
+        )
+    return st
