@@ -796,3 +796,54 @@ def test_masking_touches_only_the_message_not_the_location(root: Path) -> None:
     assert err.value.problems == [
         f"{config_path(root)}:2: backup.compression: input should be a valid boolean"
     ]
+
+
+# -- monitoring and notify ------------------------------------------------------
+
+
+def test_monitoring_and_notify_sections_load(root: Path) -> None:
+    secrets_file(root, "NTFY_TOKEN=tk_secret_value\n")
+    write_config(
+        root,
+        "backup:\n"
+        "  monitoring:\n"
+        "    max_age: 26h\n"
+        "    rto: 30m\n"
+        "    rpo: 1d\n"
+        "    metrics_file: /var/lib/node_exporter/textfile_collector/itsup.prom\n"
+        "    healthchecks: https://hc-ping.com/0b1c2d3e\n"
+        "notify:\n"
+        "  - ntfys://${NTFY_TOKEN}@ntfy.sh/backups\n"
+        "  - url: mailto://ops:pw@example.com\n"
+        "    events: [failure, stale]\n",
+    )
+    cfg = load_config(Layout(root))
+    m = cfg.backup.monitoring
+    assert (m.max_age, m.rto, m.rpo) == (26 * 3600, 1800, 86400)
+    assert cfg.notify[0].url == "ntfys://tk_secret_value@ntfy.sh/backups"
+    assert "success" not in cfg.notify[0].events and "stale" in cfg.notify[0].events
+    assert cfg.notify[1].events == ["failure", "stale"]
+
+
+def test_monitoring_and_notify_mistakes_name_line_and_key(root: Path) -> None:
+    secrets_file(root, "NTFY_TOKEN=tk_secret_value\n")
+    write_config(
+        root,
+        "backup:\n"
+        "  monitoring:\n"
+        "    max_age: two days\n"
+        "    healthchecks: hc-ping.com/x\n"
+        "notify:\n"
+        "  - url: ${NTFY_TOKEN}\n"
+        "    events: [failure, sometimes]\n",
+    )
+    r = run_itsup("backup", "list", root=root)
+    assert_problems(
+        r,
+        root,
+        (3, "backup.monitoring.max_age", "is not a duration"),
+        (4, "backup.monitoring.healthchecks", "http(s) URL"),
+        (6, "notify.0.url", "apprise URL"),
+        (7, "notify.0.events.1", "'failure'"),
+    )
+    assert "tk_secret_value" not in r.err + r.out
