@@ -15,12 +15,19 @@ install: $(BIN)/python
 	$(BIN)/pip install --quiet -e .
 
 # Everything the tests need: the package, test tools, the real S3 server
-# (juicefs gateway), sops, and the plain `age`/`tar`/`gzip` tools.
+# (juicefs gateway), sops, the plain `age`/`tar`/`gzip` tools, and
+# systemd-analyze / logrotate to check generated schedules.
 $(STAMP): pyproject.toml | $(BIN)/python
 	$(BIN)/pip install --quiet -e '.[test]'
-	@command -v age >/dev/null 2>&1 || { \
-		echo "installing the plain 'age' tool (used to prove archives restore without itsup)"; \
-		(apt-get update -qq && apt-get install -y -qq age) >/dev/null; }
+	@missing=""; \
+	command -v age >/dev/null 2>&1 || missing="$$missing age"; \
+	command -v systemd-analyze >/dev/null 2>&1 || missing="$$missing systemd"; \
+	command -v logrotate >/dev/null 2>&1 || missing="$$missing logrotate"; \
+	if [ -n "$$missing" ]; then \
+		echo "installing$$missing (plain age proves archives restore without itsup;"; \
+		echo "  systemd-analyze and logrotate check the schedules itsup writes)"; \
+		(apt-get update -qq && apt-get install -y -qq $$missing) >/dev/null; \
+	fi
 	@touch $(STAMP)
 
 venv: $(STAMP)
