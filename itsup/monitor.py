@@ -18,6 +18,7 @@ exit code stays the run's own.
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -96,13 +97,17 @@ def load_state(layout: Layout) -> dict[str, Any]:
 def _save_state(layout: Layout, record: RunRecord) -> dict[str, Any]:
     from itsup.fsutil import atomic_write
 
-    state = load_state(layout)
-    state["last"][record.action] = record.as_dict()
-    if record.result in ("success", "partial"):
-        state["last_success"][record.action] = record.as_dict()
     path = state_file(layout)
     path.parent.mkdir(mode=0o700, exist_ok=True)
-    atomic_write(path, json.dumps(state, indent=2, sort_keys=True).encode(), 0o600)
+    # Runs of different actions may end at once (an hourly check during the
+    # nightly backup): read-modify-write under a lock of its own.
+    with open(path.with_name("state.lock"), "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        state = load_state(layout)
+        state["last"][record.action] = record.as_dict()
+        if record.result in ("success", "partial"):
+            state["last_success"][record.action] = record.as_dict()
+        atomic_write(path, json.dumps(state, indent=2, sort_keys=True).encode(), 0o600)
     return state
 
 
@@ -239,7 +244,14 @@ class Monitor:
         if monitoring.metrics_file and state is not None:
             _guard("metrics", lambda: _write_metrics(self.layout, monitoring.metrics_file, state))
         _guard("notifications", lambda: _notify(self.config, record))
-        if monitoring.healthchecks and record.action in ("backup", "check"):
+        # Only the backup itself pings: a check's pings would keep the dead-man's
+        # switch happy while backups fail, and a run refused by the lock (another
+        # backup is still going) must not end that backup's ping.
+        if (
+            monitoring.healthchecks
+            and record.action == "backup"
+            and record.exit_code != ExitCode.LOCKED
+        ):
             kind = "success" if record.result in ("success", "partial") else "fail"
             _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, kind, record))
 
@@ -294,11 +306,12 @@ def monitored(
     normally ends it with `monitor.record.exit_code` if it set one, else 0.
     """
     assert action in ACTIONS
-    monitor = Monitor(layout, config, RunRecord(action, time.time(), target=target))
-    log_start(monitor.record)
     monitoring = config.backup.monitoring
     if monitoring.healthchecks and action == "backup":
         _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, "start", None))
+    # Started after the ping: a slow ping is not part of the run's duration.
+    monitor = Monitor(layout, config, RunRecord(action, time.time(), target=target))
+    log_start(monitor.record)
     try:
         yield monitor
     except ItsupError as exc:

@@ -60,14 +60,14 @@ def backup(ctx: click.Context, target_choice: str | None) -> int | None:
     from itsup.monitor import monitored
 
     host = _host(ctx)
-    with monitored(host.layout, host.config, "backup") as run:
+    with monitored(host.layout, host.config, "backup", _target_label(host, target_choice)) as run:
         show = interactive()
         total = _source_size(host) if show else None
         with byte_progress("backup", total, show) as advance:
             result = run_backup(host, target_choice=target_choice, on_bytes=advance)
         s = result.stats
         record = run.record
-        record.target, record.generation = result.target, result.generation
+        record.generation = result.generation
         record.bytes, record.files = result.archive_size, s.files
         record.details = {"source_bytes": s.bytes, "unreadable_paths": len(s.problems)}
         record.exit_code = ExitCode.PARTIAL if result.partial else ExitCode.SUCCESS
@@ -78,6 +78,17 @@ def backup(ctx: click.Context, target_choice: str | None) -> int | None:
             )
         _report_backup(ctx, result, show)
     return record.exit_code
+
+
+def _target_label(host: Host, choice: str | None) -> str:
+    """Where a run writes, for logs and alerts, known before it starts (no credentials)."""
+    cfg = host.config.backup
+    kind = choice or cfg.target or ("s3" if cfg.s3 else "local")
+    if kind == "s3" and cfg.s3 is not None:
+        return f"s3://{cfg.s3.bucket}/{cfg.s3.prefix}"
+    path = cfg.local.path if cfg.local else "backups"
+    prefix = cfg.local.prefix if cfg.local else "itsup/"
+    return f"{(host.layout.root / path).resolve()}/{prefix}"
 
 
 def _report_backup(ctx: click.Context, result: BackupResult, show: bool) -> None:
