@@ -37,16 +37,19 @@ def cli(ctx: click.Context, root: str | None, verbose: int) -> None:
     \b
     Exit codes: 0 success, 1 failure, 2 usage, 3 partial backup, 4 config,
     5 damaged or hostile backup, 6 storage unreachable, 11 locked,
-    130 interrupted.
+    12 stale backup (backup check), 130 interrupted.
     """
     configure(verbose >= 2)
     ctx.obj = {"root": root, "verbose": verbose}
 
 
 def _register() -> None:
-    from itsup.cli import backup, init, restore, secrets, snapshot
+    from itsup.cli import backup, init, restore, schedule, secrets, snapshot, verify
 
     cli.add_command(backup.backup)
+    backup.backup.add_command(verify.verify)
+    backup.backup.add_command(verify.drill)
+    backup.backup.add_command(schedule.schedule)
     cli.add_command(restore.restore)
     cli.add_command(init.init)
     cli.add_command(secrets.keygen)
