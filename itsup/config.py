@@ -180,7 +180,9 @@ class NotifyTarget(_Strict):
     @classmethod
     def _apprise_url(cls, value: str) -> str:
         if not re.match(r"^[A-Za-z][A-Za-z0-9+.-]*://", value):
-            raise ValueError("must be an apprise URL such as ntfys://ntfy.sh/topic or json://host/path")
+            raise ValueError(
+                "must be an apprise URL such as ntfys://ntfy.sh/topic or json://host/path"
+            )
         return value
 
 
