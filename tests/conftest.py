@@ -25,6 +25,13 @@ REPO = Path(__file__).resolve().parent.parent
 ITSUP = [sys.executable, "-m", "itsup"]
 
 
+def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
+    """Write the fault ledger (docs/reliability.md's figures) when asked."""
+    import reliability
+
+    reliability.flush()
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     server = start_s3_server(tmp_path_factory.mktemp("s3"))
