@@ -194,6 +194,29 @@ def read_manifest(store: Store, generation: str) -> dict[str, Any]:
     return manifest
 
 
+def retar_with_new_content(store: Store, name: str, path: str) -> None:
+    """Rewrite a generation's archive with plain tarfile, one file's content changed
+    (same size), and a manifest that vouches for the new archive: the archive
+    SHA-256 and member list check out; only the per-file hashes betray it."""
+    old = store.read(f"{name}.tar.gz")
+    buffer = io.BytesIO()
+    with (
+        tarfile.open(fileobj=io.BytesIO(old), mode="r:gz") as src,
+        tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as dst,
+    ):
+        for member in src:
+            data = src.extractfile(member).read() if member.isreg() else None  # type: ignore[union-attr]
+            if member.name == path:
+                assert data is not None
+                data = data.upper()
+            dst.addfile(member, io.BytesIO(data) if data is not None else None)
+    new = buffer.getvalue()
+    store.write(f"{name}.tar.gz", new)
+    manifest = read_manifest(store, name)
+    manifest["archive"].update(size=len(new), sha256=hashlib.sha256(new).hexdigest())
+    store.write(f"{name}.manifest.json", json.dumps(manifest).encode())
+
+
 def add_awkward_entries(root: Path) -> None:
     """Everything a host tree holds that a naive backup gets wrong."""
     app = root / "upstream" / "app"

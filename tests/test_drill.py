@@ -8,11 +8,8 @@ the scratch root lives in a TMPDIR of the test's own, so that its removal
 
 from __future__ import annotations
 
-import hashlib
-import io
 import json
 import shutil
-import tarfile
 import time
 from pathlib import Path
 from typing import Any
@@ -37,6 +34,7 @@ from helpers import (
     itsup,
     read_index,
     read_manifest,
+    retar_with_new_content,
     setup_host,
     tree_state,
 )
@@ -209,23 +207,7 @@ def test_drill_checks_content_the_restore_does_not(tmp_path: Path, scratch: Path
     itsup(root, "backup")
     gen = newest(root)
     changed = "proxy/traefik/traefik.yml"
-    old = store.read(f"{gen}.tar.gz")
-    buffer = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(old), mode="r:gz") as src,
-        tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as dst,
-    ):
-        for member in src:
-            data = src.extractfile(member).read() if member.isreg() else None  # type: ignore[union-attr]
-            if member.name == changed:
-                assert data is not None
-                data = data.upper()
-            dst.addfile(member, io.BytesIO(data) if data is not None else None)
-    new = buffer.getvalue()
-    store.write(f"{gen}.tar.gz", new)
-    manifest = read_manifest(store, gen)
-    manifest["archive"].update(size=len(new), sha256=hashlib.sha256(new).hexdigest())
-    store.write(f"{gen}.manifest.json", json.dumps(manifest).encode())
+    retar_with_new_content(store, gen, changed)
 
     res = drill(root, scratch, "--no-git", expect=ExitCode.DAMAGED)
     assert f"drill of {gen} FAILED" in res.err and changed in res.err

@@ -11,13 +11,11 @@ from __future__ import annotations
 
 import gzip
 import hashlib
-import io
 import json
 import math
 import socket
 import subprocess
 import sys
-import tarfile
 from pathlib import Path
 from typing import Any
 
@@ -32,6 +30,7 @@ from helpers import (
     itsup,
     read_index,
     read_manifest,
+    retar_with_new_content,
     setup_host,
     tree_state,
 )
@@ -264,31 +263,6 @@ def test_verify_catches_damage(new_host: HostFactory) -> None:
     record = state(root)["last"]["verify"]
     assert record["result"] == "failure" and record["exit_code"] == ExitCode.DAMAGED
     assert names["no-manifest"] in record["message"]
-
-
-def retar_with_new_content(store: Store, name: str, path: str) -> None:
-    """Rewrite the archive with plain tarfile, one file's content changed (same size),
-    and a manifest that vouches for the new archive: only the per-file hashes betray it."""
-    old = store.read(f"{name}.tar.gz")
-    buffer = io.BytesIO()
-    with (
-        tarfile.open(fileobj=io.BytesIO(old), mode="r:gz") as src,
-        tarfile.open(fileobj=buffer, mode="w:gz", format=tarfile.PAX_FORMAT) as dst,
-    ):
-        for member in src:
-            data = src.extractfile(member).read() if member.isreg() else None  # type: ignore[union-attr]
-            if member.name == path:
-                assert data is not None
-                data = data.upper()
-            dst.addfile(member, io.BytesIO(data) if data is not None else None)
-    new = buffer.getvalue()
-    store.write(f"{name}.tar.gz", new)
-
-    def vouch(m: dict[str, Any]) -> None:
-        m["archive"]["size"] = len(new)
-        m["archive"]["sha256"] = hashlib.sha256(new).hexdigest()
-
-    set_manifest(store, name, vouch)
 
 
 def test_read_data_subset_catches_rewritten_content(tmp_path: Path) -> None:
