@@ -39,6 +39,13 @@ Path_ = tuple[str | int, ...]
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Sections itsup itself reads; the rest of itsup.yml belongs to other tools.
 OWN_SECTIONS = ("backup", "notify")
+# Longest key (and message) shown in a problem line; longer ones are cut.
+MAX_KEY_SHOWN = 80
+MAX_MESSAGE_SHOWN = 300
+# Longest number YAML may hold: Python's int() refuses over 4300 digits, and a
+# YAML 1.1 base-60 number (`1:2:3:...`) costs time quadratic in its length.
+MAX_NUMBER_CHARS = 1000
+MAX_DURATION_CHARS = 100  # 1w2d3h4m5s is 10
 
 
 class Expanded(str):
@@ -90,6 +97,13 @@ class S3Config(_Strict):
     part_size_mb: Count = Field(default=16, ge=5, le=5120)
     max_concurrency: Count = Field(default=4, ge=1, le=64)
     addressing_style: Literal["auto", "path", "virtual"] = "path"
+    # Network limits, so that a server that stops answering ends a run in bounded
+    # time: seconds to open a connection (and for each send to make progress),
+    # seconds a request may wait for the next byte of an answer, and attempts per
+    # request in all (retried with backoff on errors, throttling and timeouts).
+    connect_timeout: Count = Field(default=10, ge=1, le=600)
+    read_timeout: Count = Field(default=60, ge=1, le=3600)
+    max_attempts: Count = Field(default=8, ge=1, le=20)
 
     @field_validator("endpoint")
     @classmethod
@@ -136,6 +150,8 @@ def _seconds(value: Any) -> Any:
     if isinstance(value, int):
         return value
     if isinstance(value, str):
+        if len(value) > MAX_DURATION_CHARS:  # parse_duration's pattern is quadratic in length
+            raise ValueError(f"{len(value)} characters are too many for a duration")
         try:
             return parse_duration(value)
         except ValueError as exc:
@@ -269,9 +285,17 @@ def parse_dotenv(text: str, source: str) -> dict[str, str]:
 # -- step 2: parse YAML keeping line numbers ------------------------------------
 
 
+def _clip(text: str, limit: int) -> str:
+    """`text` cut to about `limit` characters: a 1 MB key or value must not make a 1 MB line."""
+    if len(text) <= limit:
+        return text
+    return f"{text[: limit // 2]}...({len(text)} characters)"
+
+
 def _dotted(path: Path_) -> str:
     """A key path as `backup.s3.bucket`; odd keys quoted so a message stays one line."""
-    return ".".join(str(p) if re.fullmatch(r"[\w-]+", str(p)) else json.dumps(str(p)) for p in path)
+    parts = (_clip(str(p), MAX_KEY_SHOWN) for p in path)
+    return ".".join(p if re.fullmatch(r"[\w-]+", p) else json.dumps(p) for p in parts)
 
 
 def _line_index(node: yaml.Node, path: Path_ = ()) -> Iterator[tuple[Path_, int]]:
@@ -320,10 +344,40 @@ def _duplicates(node: yaml.Node, source: str) -> list[tuple[int, str]]:
     return found
 
 
+class _NumberTooLarge(yaml.constructor.ConstructorError):
+    pass
+
+
+class _Loader(yaml.SafeLoader):
+    """yaml.SafeLoader, refusing numbers longer than MAX_NUMBER_CHARS."""
+
+    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
+        text = str(node.value)
+        if len(text) > MAX_NUMBER_CHARS:
+            raise _NumberTooLarge(
+                None, None, f"a number of {len(text)} characters is too large", node.start_mark
+            )
+        return super().construct_yaml_int(node)
+
+
+_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
+
+
+def _safe_load(text: str) -> Any:
+    loader = _Loader(text)
+    try:
+        return loader.get_single_data()
+    finally:
+        loader.dispose()
+
+
 def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
     try:
         node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        data = _safe_load(text)
+    except _NumberTooLarge as exc:
+        line = exc.problem_mark.line + 1 if exc.problem_mark else None
+        raise ConfigError(f"{source}{f':{line}' if line else ''}: {exc.problem}") from None
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         where = f"{source}:{mark.line + 1}" if mark else source
@@ -359,12 +413,27 @@ def expand(
     """
     undefined: list[tuple[Path_, str]] = []
     touched: set[Path_] = set()
+    # YAML aliases make one mapping or list appear in many places: expand each
+    # once and share the result, or a "billion laughs" document (nine aliases
+    # of nine aliases of ...) costs exponential time and memory.
+    done: dict[int, Any] = {}
+    active: set[int] = set()
 
     def walk(value: Any, where: Path_) -> Any:
-        if isinstance(value, dict):
-            return {k: walk(v, (*where, str(k))) for k, v in value.items()}
-        if isinstance(value, list):
-            return [walk(v, (*where, i)) for i, v in enumerate(value)]
+        if isinstance(value, dict | list):
+            key = id(value)
+            if key in done:
+                return done[key]
+            if key in active:
+                raise RecursionError("an &anchor that refers to itself")
+            active.add(key)
+            if isinstance(value, dict):
+                result: Any = {k: walk(v, (*where, str(k))) for k, v in value.items()}
+            else:
+                result = [walk(v, (*where, i)) for i, v in enumerate(value)]
+            active.discard(key)
+            done[key] = result
+            return result
         if isinstance(value, str) and "${" in value:
 
             def repl(m: re.Match[str]) -> str:
@@ -467,7 +536,8 @@ def _report(
         line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
         where = f"{source}:{line}" if line else source
         key = _dotted(loc) or "(top level)"
-        out.append((line or 0, f"{where}: {key}: {_hide(text, hidden or set())}"))
+        shown = _clip(_hide(text, hidden or set()), MAX_MESSAGE_SHOWN)
+        out.append((line or 0, f"{where}: {key}: {shown}"))
     return out
 
 
@@ -556,7 +626,7 @@ def _load(
         problems.append(
             (
                 line or 0,
-                f"{source}:{line}: {key}: ${{{name}}} is not defined in "
+                f"{source}:{line}: {key}: ${{{_clip(name, MAX_KEY_SHOWN)}}} is not defined in "
                 f"{layout.shared_secrets.relative_to(layout.root)} or the environment",
             )
         )

@@ -53,6 +53,9 @@ def open_target(
             part_size=s3.part_size_mb * MiB,
             max_concurrency=s3.max_concurrency,
             addressing_style=s3.addressing_style,
+            connect_timeout=s3.connect_timeout,
+            read_timeout=s3.read_timeout,
+            max_attempts=s3.max_attempts,
         )
         return target, s3.prefix
     from itsup.storage.local import LocalTarget

@@ -3,10 +3,14 @@
 Large objects go up as multipart uploads with several parts in flight and
 come down as parallel ranged GETs delivered in order, so the network overlaps
 compression. Transient faults are retried by botocore's standard retry mode
-(throttling, 5xx, connection errors) and, for downloads, by resuming the
-interrupted range. Nothing here relies on ETags being MD5 digests: some
-providers return none, and multipart ETags never are. Integrity is checked
-by the SHA-256 the manifest records.
+(throttling, 5xx, connection errors, timeouts) and, for downloads, by
+resuming the interrupted range. Every wait on the network is bounded: a
+connection must open (and each send progress) within `connect_timeout`, an
+answer may fall silent for at most `read_timeout`, a request is tried at most
+`max_attempts` times, and a body that breaks off is resumed a bounded number
+of times without progress. Nothing here relies on ETags being MD5 digests:
+some providers return none, and multipart ETags never are. Integrity is
+checked by the SHA-256 the manifest records.
 """
 
 from __future__ import annotations
@@ -32,7 +36,14 @@ MAX_PARTS = 10_000
 # Part size doubles every this many parts, so the 10,000-part limit is never hit.
 PART_GROWTH_EVERY = 1000
 READ_CHUNK = 8 * MiB
+# A body that breaks off (reset, timeout) is fetched again from where it broke,
+# at most this many times in a row without a byte of progress. A request that
+# fails outright is not tried again here: botocore already made every attempt.
 READ_RETRIES = 5
+# A failed read loses what that read call had received, so once a range has
+# broken off it is read on in pieces this size: a connection that keeps breaking
+# still makes progress.
+RESUME_CHUNK = 64 * 1024
 
 
 def _is_not_found(exc: ClientError) -> bool:
@@ -45,6 +56,10 @@ def _describe(exc: Exception) -> str:
         err = exc.response.get("Error", {})
         return f"{err.get('Code', 'error')}: {err.get('Message', '')}".strip().rstrip(":")
     return str(exc)
+
+
+def _code(exc: ClientError) -> str:
+    return str(exc.response.get("Error", {}).get("Code", ""))
 
 
 class S3Writer:
@@ -136,9 +151,10 @@ class S3Writer:
                         MultipartUpload={"Parts": self.parts},  # type: ignore[typeddict-item]
                     )
                 except (ClientError, BotoCoreError) as exc:
-                    raise StorageError(
-                        f"{self.t.name}: finishing {self.key}: {_describe(exc)}"
-                    ) from None
+                    if not self._completed_anyway(exc):
+                        raise StorageError(
+                            f"{self.t.name}: finishing {self.key}: {_describe(exc)}"
+                        ) from None
         except BaseException:
             self.abort()
             raise
@@ -149,6 +165,21 @@ class S3Writer:
                 f"{self.t.name}: {self.key} holds {stored} bytes, {self.size} were sent"
             )
         return self.size
+
+    def _completed_anyway(self, exc: Exception) -> bool:
+        """Did a retried CompleteMultipartUpload fail only because the first one worked?
+
+        When the answer to a completion is lost (a reset, a timeout), botocore
+        sends it again and the server, which already assembled the object, no
+        longer knows the upload. The key is new to this run, so an object there
+        with every byte sent is that completion's work.
+        """
+        if not (isinstance(exc, ClientError) and _code(exc) == "NoSuchUpload"):
+            return False
+        try:
+            return self.t.stat(self.key).size == self.size
+        except StorageError:
+            return False
 
     def _send_part_tail(self) -> None:
         # The last part may be smaller than the minimum part size.
@@ -177,8 +208,11 @@ class S3Writer:
 class RangeReader(io.RawIOBase):
     """Read an object front to back with ranged GETs fetched ahead in parallel.
 
-    Memory is bounded by `ahead` chunks. An interrupted range is fetched again
-    from where it broke, up to READ_RETRIES times.
+    Memory is bounded by `ahead` chunks. A range whose body breaks off is
+    fetched again from where it broke, up to READ_RETRIES times in a row
+    without progress; a request that fails outright (botocore has already
+    retried it) fails the read. Once the reader is closed, fetches still
+    running stop at their next step instead of retrying on.
     """
 
     def __init__(self, target: S3Target, key: str, size: int, ahead: int) -> None:
@@ -188,39 +222,51 @@ class RangeReader(io.RawIOBase):
         self.pending: deque[Future[bytes]] = deque()
         self.current = memoryview(b"")
         self.ahead = ahead
+        self.stopped = threading.Event()
         self._fill()
 
     def _fetch(self, start: int, end: int) -> bytes:
+        want = end - start
         out = bytearray()
-        attempt = 0
+        failures = 0
         while True:
+            if self.stopped.is_set():
+                raise StorageError(f"{self.t.name}: reading {self.key}: the reader was closed")
             try:
                 resp = self.t.client.get_object(
                     Bucket=self.t.bucket, Key=self.key, Range=f"bytes={start + len(out)}-{end - 1}"
                 )
-                body = resp["Body"]
-                while True:
-                    chunk = body.read(READ_CHUNK)
-                    if not chunk:
-                        break
-                    if not out and len(chunk) == end - start:
-                        return bytes(chunk)  # the whole range in one read: no copy
-                    out += chunk
-                if len(out) != end - start:
-                    raise StorageError(
-                        f"short read of {self.key} at {start}: {len(out)} of {end - start} bytes"
-                    )
-                return bytes(out)
             except ClientError as exc:
                 if _is_not_found(exc):
                     raise NotFoundError(f"{self.t.name}: no object {self.key}") from None
-                error: Exception = exc
-            except (BotoCoreError, StorageError, OSError) as exc:
+                raise StorageError(f"{self.t.name}: reading {self.key}: {_describe(exc)}") from None
+            except BotoCoreError as exc:
+                raise StorageError(f"{self.t.name}: reading {self.key}: {_describe(exc)}") from None
+            had = len(out)
+            body = resp["Body"]
+            piece = RESUME_CHUNK if failures else READ_CHUNK
+            try:
+                while chunk := body.read(piece):
+                    if not out and len(chunk) == want:
+                        return bytes(chunk)  # the whole range in one read: no copy
+                    out += chunk
+                    if self.stopped.is_set():
+                        break
+                if len(out) == want:
+                    return bytes(out)
+                error: Exception = StorageError(
+                    f"short read at {start}: {len(out)} of {want} bytes"
+                )
+            except (BotoCoreError, OSError) as exc:
                 error = exc
-            attempt += 1
-            if attempt > READ_RETRIES:
+            with contextlib.suppress(Exception):
+                body.close()  # a broken body's connection is not reused
+            if len(out) > want:
+                raise StorageError(f"{self.t.name}: reading {self.key}: more bytes than asked for")
+            failures = 1 if len(out) > had else failures + 1
+            if failures > READ_RETRIES:
                 raise StorageError(f"{self.t.name}: reading {self.key}: {_describe(error)}")
-            time.sleep(min(0.2 * 2**attempt, 5))
+            self.stopped.wait(min(0.2 * 2**failures, 5))
 
     def _fill(self) -> None:
         while len(self.pending) < self.ahead and self.next_offset < self.size:
@@ -267,6 +313,7 @@ class RangeReader(io.RawIOBase):
         return n
 
     def close(self) -> None:
+        self.stopped.set()
         for fut in self.pending:
             fut.cancel()
         self.pending.clear()
@@ -288,6 +335,9 @@ class S3Target:
         part_size: int = 16 * MiB,
         max_concurrency: int = 4,
         addressing_style: str = "path",
+        connect_timeout: float = 10,
+        read_timeout: float = 60,
+        max_attempts: int = 8,
     ) -> None:
         self.bucket = bucket
         self.name = f"s3://{bucket}" + (f" at {endpoint}" if endpoint else "")
@@ -295,9 +345,11 @@ class S3Target:
         self.max_concurrency = max_concurrency
         self.storage_class = storage_class
         config = Config(
-            retries={"max_attempts": 8, "mode": "standard"},
-            connect_timeout=10,
-            read_timeout=60,
+            # Attempts in all, the first included (botocore's own `max_attempts`
+            # counts only the retries).
+            retries={"total_max_attempts": max_attempts, "mode": "standard"},
+            connect_timeout=connect_timeout,
+            read_timeout=read_timeout,
             max_pool_connections=max_concurrency * 2 + 4,
             s3={"addressing_style": addressing_style},  # type: ignore[arg-type]
             # Checksums beyond what S3 requires cost CPU and are refused by some
@@ -335,11 +387,17 @@ class S3Target:
         self._call("writing", key, self.client.put_object, Key=key, Body=data, **self.extra_args())
 
     def get(self, key: str) -> bytes:
-        resp = self._call("reading", key, self.client.get_object, Key=key)
-        try:
-            return bytes(resp["Body"].read())
-        except (BotoCoreError, OSError) as exc:
-            raise StorageError(f"{self.name}: reading {key}: {_describe(exc)}") from None
+        """The whole object; a body that breaks off is read again (READ_RETRIES times)."""
+        failures = 0
+        while True:
+            resp = self._call("reading", key, self.client.get_object, Key=key)
+            try:
+                return bytes(resp["Body"].read())
+            except (BotoCoreError, OSError) as exc:
+                failures += 1
+                if failures > READ_RETRIES:
+                    raise StorageError(f"{self.name}: reading {key}: {_describe(exc)}") from None
+            time.sleep(min(0.2 * 2**failures, 5))
 
     def open_writer(self, key: str) -> S3Writer:
         return S3Writer(self, key)
