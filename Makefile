@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: venv install test lint typecheck demo bench clean
+.PHONY: venv install test lint typecheck demo bench clean reliability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -50,6 +50,15 @@ demo: install
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+
+# The fault suite (tests marked `faults`) with its ledger, rendered into the tables
+# of docs/reliability.md (only when every test passed; the prose is kept).
+reliability: $(STAMP)
+	@ledger=$$(mktemp -d)/ledger.json; \
+	ITSUP_RELIABILITY_OUT=$$ledger $(BIN)/pytest -q -m faults; status=$$?; \
+	if [ $$status -eq 0 ]; then $(BIN)/python bench/reliability.py $$ledger docs/reliability.md; \
+	else echo "fault tests failed: docs/reliability.md not updated (ledger: $$ledger)"; fi; \
+	exit $$status
 
 clean:
 	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache build *.egg-info

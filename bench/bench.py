@@ -19,6 +19,7 @@ import datetime as dt
 import hashlib
 import os
 import random
+import re
 import shlex
 import shutil
 import statistics
@@ -748,7 +749,7 @@ def read_sections(path: Path) -> dict[str, str]:
         return {}
     text = path.read_text()
     sections: dict[str, str] = {}
-    for name in ("main", "rss-scaling", "history"):
+    for name in re.findall(r"<!-- section:([\w-]+) -->", text):
         start, end = SECTION_START.format(name), SECTION_END.format(name)
         if start in text and end in text:
             sections[name] = text.split(start, 1)[1].split(end, 1)[0].strip("\n")
@@ -768,7 +769,10 @@ def write_results(new_sections: dict[str, str], history_line: str) -> None:
         "Written by `bench/bench.py` (see bench/README.md); sizes in MiB.",
         "",
     ]
-    for name in ("main", "rss-scaling", "history"):
+    # Sections this script owns first, in order; any other marked section (another
+    # benchmark's, e.g. bench/million.py) is kept as it was, after them.
+    owned = ("main", "rss-scaling", "history")
+    for name in [*owned, *(n for n in sections if n not in owned)]:
         if name in sections:
             parts += [SECTION_START.format(name), sections[name], SECTION_END.format(name), ""]
     RESULTS_FILE.write_text("\n".join(parts))

@@ -94,20 +94,34 @@ def walk(
             yield from _walk_dir(top, absolute, selection, stats)
 
 
-def _walk_dir(
-    rel: str, absolute: str, selection: Selection, stats: Stats
-) -> Iterator[tuple[str, str, os.stat_result]]:
+def _listing(rel: str, absolute: str, stats: Stats) -> Iterator[os.DirEntry[str]]:
+    """The entries of one folder, sorted by name (none, with a problem, if it cannot be read)."""
     try:
         with os.scandir(absolute) as it:
             entries = sorted(it, key=lambda e: e.name)
     except FileNotFoundError:
         stats.problems.append(Problem(rel, "folder vanished while being read"))
-        return
+        return iter(())
     except OSError as exc:
         stats.problems.append(Problem(rel, f"cannot list folder: {exc.strerror}"))
-        return
-    for entry in entries:
-        child_rel = f"{rel}/{entry.name}"
+        return iter(())
+    return iter(entries)
+
+
+def _walk_dir(
+    rel: str, absolute: str, selection: Selection, stats: Stats
+) -> Iterator[tuple[str, str, os.stat_result]]:
+    # A stack of listings in progress rather than recursion: a tree may be nested
+    # deeper than Python's recursion limit (about 1000) long before its paths
+    # reach PATH_MAX.
+    stack = [(rel, _listing(rel, absolute, stats))]
+    while stack:
+        parent, entries = stack[-1]
+        entry = next(entries, None)
+        if entry is None:
+            stack.pop()
+            continue
+        child_rel = f"{parent}/{entry.name}"
         if selection.excluded(child_rel):
             continue
         try:
@@ -120,7 +134,7 @@ def _walk_dir(
             continue
         yield child_rel, entry.path, st
         if stat.S_ISDIR(st.st_mode):
-            yield from _walk_dir(child_rel, entry.path, selection, stats)
+            stack.append((child_rel, _listing(child_rel, entry.path, stats)))
 
 
 def _header(rel: str, kind: bytes, st: os.stat_result, size: int = 0, link: str = "") -> bytes:
@@ -275,6 +289,7 @@ class TarWriter:
             update = self.hasher.update if size > ASYNC_HASH_FROM else _update_now
             remaining = size
             changed = False
+            failed = False  # a read error, already recorded as this file's problem
             while remaining:
                 try:
                     chunk = os.read(fd, min(CHUNK, remaining))
@@ -284,7 +299,7 @@ class TarWriter:
                         Problem(rel, f"read error: {exc.strerror}; rest stored as zeros")
                     )
                     chunk = b""
-                    changed = True
+                    changed = failed = True
                 if not chunk:
                     changed = True
                     while remaining:
@@ -306,7 +321,7 @@ class TarWriter:
             after = os.fstat(fd)
             if after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
                 changed = True
-            if changed:
+            if changed and not failed:
                 stats.problems.append(
                     Problem(rel, "changed while being read; stored copy may be inconsistent")
                 )

@@ -180,6 +180,7 @@ def _compare(
     """Walk the tar stream; record member-list and content problems in `problems`."""
     reader = TarReader(stream)
     symlinks: set[str] = set()
+    paths: set[str] = set()  # a path given twice would restore as whichever came last
     in_step = True  # members still pair with index entries one to one
     current: str | None = None
     try:
@@ -193,6 +194,12 @@ def _compare(
                 in_step = False
                 continue
             current = member.path
+            if member.path in paths:
+                if in_step:
+                    problems.append(f"archive member {member.path!r} appears twice in the archive")
+                in_step = False
+                continue
+            paths.add(member.path)
             if member.type == "symlink":
                 symlinks.add(member.path)
             if member.type == "file":
