@@ -1,3 +1,31 @@
-from itsup.cli.main import run
+"""`python -m itsup` and the `itsup` command.
 
-run()
+SIGINT and SIGTERM are caught from the very first instruction: the imports
+below take a few tenths of a second, and a signal in that window must still
+end the run with the documented exit code (130), not a traceback.
+"""
+
+from __future__ import annotations
+
+import signal
+import sys
+from typing import Any
+
+
+def _early(signum: int, _frame: Any) -> None:
+    raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+
+def entry() -> None:
+    signal.signal(signal.SIGTERM, _early)
+    signal.signal(signal.SIGINT, _early)
+    try:
+        from itsup.cli.main import run
+    except KeyboardInterrupt as exc:
+        sys.stderr.write(f"itsup: {exc or 'interrupted'} before it started; nothing was written\n")
+        sys.exit(130)
+    run()
+
+
+if __name__ == "__main__":
+    entry()

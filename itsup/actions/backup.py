@@ -15,14 +15,14 @@ from __future__ import annotations
 import hashlib
 import io
 import logging
+import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
+from types import ModuleType
 from typing import Any
-
-import pyrage
 
 from itsup import __version__
 from itsup.errors import StorageError
@@ -33,7 +33,6 @@ from itsup.lock import host_lock
 from itsup.manifest import IndexWriter, Manifest, ObjectRef
 from itsup.pipeline.archive import Problem, Selection, Stats, write_archive
 from itsup.pipeline.compress import ParallelGzipWriter
-from itsup.pipeline.crypt import EncryptingWriter, parse_recipient
 from itsup.pipeline.stream import HashingWriter
 from itsup.storage import Target
 
@@ -54,6 +53,23 @@ class BackupResult:
     @property
     def partial(self) -> bool:
         return bool(self.stats.problems)
+
+
+def _age() -> tuple[ModuleType, ModuleType]:
+    """pyrage and itsup's age stages, imported only when a backup is encrypted.
+
+    pyrage is a Rust extension: a SIGINT or SIGTERM handled while it initialises
+    makes it panic (a traceback and exit 1 instead of a clean exit 130). The
+    signals are held back for the import and handled right after it.
+    """
+    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
+    try:
+        import pyrage
+
+        from itsup.pipeline import crypt
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    return pyrage, crypt
 
 
 def _unique_name(target: Target, prefix: str, now: datetime) -> str:
@@ -123,7 +139,9 @@ def run_backup(
         name = _unique_name(target, prefix, start_time)
         compression = cfg.compression_settings
         recipients = (
-            [parse_recipient(r) for r in cfg.encryption.recipients] if cfg.encryption else []
+            [_age()[1].parse_recipient(r) for r in cfg.encryption.recipients]
+            if cfg.encryption
+            else []
         )
         suffix = archive_suffix(compression.codec, bool(recipients))
         log.info("backup %s started: %s -> %s", name, host.layout.root, target.name)
@@ -187,7 +205,7 @@ def stream_archive(
     compressor = None
     try:
         hashed = HashingWriter(writer)
-        encryptor = EncryptingWriter(hashed, recipients) if recipients else None
+        encryptor = _age()[1].EncryptingWriter(hashed, recipients) if recipients else None
         compressor = _open_compressor(
             encryptor or hashed, compression.codec, compression.level, compression.threads
         )
@@ -208,7 +226,7 @@ def write_index(target: Target, key: str, index: IndexWriter, recipients: list[A
     """Store the file index (encrypted like the archive) and return its reference."""
     data = index.finish()
     if recipients:
-        data = pyrage.encrypt(data, recipients)
+        data = _age()[0].encrypt(data, recipients)
     target.put(key, data)
     return ObjectRef(key, len(data), hashlib.sha256(data).hexdigest())
 

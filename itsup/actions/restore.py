@@ -3,21 +3,29 @@
 Stage, then swap: the archive is streamed into a staging folder beside the
 destination while its SHA-256 is computed; only when the whole object has
 been read, decoded and found identical to what the manifest records are the
-staged paths moved into place (renames on one filesystem), each replaced
-path first set aside so that a failure rolls everything back.
+staged paths moved into place (renames on one filesystem). Each path changes
+in one atomic step with the old one kept until the end, so a failure rolls
+everything back and a kill at any point leaves every path old or new.
+
+A generation that fails a check raises GenerationDamaged, naming it, before
+anything at the destination was touched; `itsup restore --fallback` then
+tries the next older complete one.
 """
 
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import errno
 import hashlib
 import io
 import logging
 import os
 import secrets
 import shutil
+import stat as st_mod
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO, cast
@@ -25,7 +33,7 @@ from typing import Any, BinaryIO, cast
 import pyrage
 
 from itsup.errors import ConfigError, IntegrityError, ItsupError, NotFoundError, UsageError
-from itsup.generation import Generation, scan, select_generation
+from itsup.generation import LATEST, Generation, scan, select_generation
 from itsup.host import Host
 from itsup.manifest import Entry, Manifest, read_index
 from itsup.pipeline.crypt import decrypting_reader, default_identity_file, load_identities
@@ -37,6 +45,33 @@ from itsup.storage import Target
 log = logging.getLogger("itsup.restore")
 MiB = 1024 * 1024
 STAGING_MARK = ".itsup-restore-"
+ASIDE_SUFFIX = ".old"
+
+
+class GenerationDamaged(IntegrityError):
+    """The chosen generation failed a check (or lacks an object its manifest names).
+
+    Raised before anything at the destination was touched: the restore stages
+    and verifies first. `generation` names it, so `--fallback` can skip it.
+    """
+
+    def __init__(self, generation: str, message: str, *, hint: str | None = None) -> None:
+        if generation not in message:
+            message = f"{generation}: {message}"
+        super().__init__(message, hint=hint)
+        self.generation = generation
+
+
+def _damaged(generation: str, exc: ItsupError) -> GenerationDamaged:
+    if isinstance(exc, GenerationDamaged):
+        return exc
+    if isinstance(exc, NotFoundError):  # an object a complete generation names is gone
+        return GenerationDamaged(
+            generation,
+            f"{generation} is damaged: {exc.message} (its manifest names it)",
+            hint=exc.hint,
+        )
+    return GenerationDamaged(generation, exc.message, hint=exc.hint)
 
 
 @dataclass(frozen=True)
@@ -158,10 +193,8 @@ def load_index(target: Target, manifest: Manifest, identities: list[Any]) -> byt
 def _compare(entry: Entry, dest: Path) -> str:
     try:
         st = os.lstat(dest / entry.path)
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError):  # or a file where its folder would be
         return "new"
-    import stat as st_mod
-
     kind = (
         "dir" if st_mod.S_ISDIR(st.st_mode) else "symlink" if st_mod.S_ISLNK(st.st_mode) else "file"
     )
@@ -187,21 +220,31 @@ def plan_restore(
     target_choice: str | None = None,
     external_links: bool = False,
     prefetch: bool = False,
+    skip: Collection[str] = (),
 ) -> RestorePlan:
     """Pick the generation, load its index, and work out what a restore would change.
 
     With `prefetch`, the archive starts downloading (read-only, into a bounded
     read-ahead) while the plan is made, so planning costs no wall time.
+    Generations named in `skip` (found damaged by an earlier attempt) are
+    passed over when choosing the newest complete one.
     """
     target, prefix = host.target(target_choice)
-    gen = select_generation(scan(target, prefix, load_manifests=False), generation, target)
+    found = scan(target, prefix, load_manifests=False)
+    gen = select_generation([g for g in found if g.name not in skip], generation, target)
     assert gen.manifest is not None
+    if generation in (None, LATEST):
+        _warn_passed_over(found, gen, skip)
     manifest = gen.manifest
     scope = scope_for(what, path, host.layout.root)
     identities = _identities(host, manifest)
-    early = target.open_reader(manifest.archive.key) if prefetch else None
+    early = None
     try:
-        index_bytes = load_index(target, manifest, identities)
+        try:
+            early = target.open_reader(manifest.archive.key) if prefetch else None
+            index_bytes = load_index(target, manifest, identities)
+        except (IntegrityError, NotFoundError) as exc:
+            raise _damaged(gen.name, exc) from None
         dest = Path(to).expanduser().resolve() if to else host.layout.root
         plan = RestorePlan(
             gen,
@@ -220,6 +263,17 @@ def plan_restore(
             early.close()
         raise
     return plan
+
+
+def _warn_passed_over(found: list[Generation], chosen: Generation, skip: Collection[str]) -> None:
+    """Say so when newer generations exist that cannot be restored (never silently older)."""
+    for gen in found:
+        if gen.name == chosen.name:
+            return
+        if gen.name in skip:
+            continue
+        why = gen.problem or "no manifest: the backup that wrote it did not finish (or still runs)"
+        log.warning("passing over %s, newer than %s: %s", gen.name, chosen.name, why)
 
 
 def _work_out_changes(plan: RestorePlan) -> None:
@@ -251,7 +305,10 @@ def _work_out_changes(plan: RestorePlan) -> None:
 
 def _open_archive(plan: RestorePlan) -> tuple[BinaryIO, HashingReader]:
     what = plan.manifest.archive.key
-    raw, plan.reader = plan.reader or plan.target.open_reader(what), None
+    try:
+        raw, plan.reader = plan.reader or plan.target.open_reader(what), None
+    except NotFoundError as exc:
+        raise _damaged(plan.manifest.generation, exc) from None
     hashed = HashingReader(raw)
     # `hashed` itself, unbuffered: its read(n) passes whole fetched ranges through,
     # and a BufferedReader around it, once collected, would close it before
@@ -268,38 +325,65 @@ def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None
     """Stream the generation into a staging folder, verify it, then swap it into place."""
     started = time.monotonic()
     manifest = plan.manifest
-    plan.dest.mkdir(parents=True, exist_ok=True)
-    remove_leftovers(plan.dest)
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     staging = plan.dest / f"{STAGING_MARK}{token}"
-    aside = plan.dest / f"{STAGING_MARK}{token}.old"
-    staging.mkdir(mode=0o700)
+    aside = plan.dest / f"{STAGING_MARK}{token}{ASIDE_SUFFIX}"
     try:
-        stream, hashed = _open_archive(plan)
         try:
-            extractor = Extractor(
-                staging,
-                lambda p: plan.scope.selects(p) or plan.scope.ancestor(p),
-                restore_owner=os.geteuid() == 0,
-                expected=plan.entries(),
-                external_links=plan.external_links,
-                on_bytes=on_bytes,
-            )
-            stats = extractor.run(stream)
-            hashed.drain()
-        finally:
-            with contextlib.suppress(Exception):
-                stream.close()
+            plan.dest.mkdir(parents=True, exist_ok=True)
+            remove_leftovers(plan.dest)
+            staging.mkdir(mode=0o700)
+        except OSError as exc:
+            raise _write_error(plan.dest, exc, "preparing the restore") from None
+        try:
+            stream, hashed = _open_archive(plan)
+            try:
+                extractor = Extractor(
+                    staging,
+                    lambda p: plan.scope.selects(p) or plan.scope.ancestor(p),
+                    restore_owner=os.geteuid() == 0,
+                    expected=plan.entries(),
+                    external_links=plan.external_links,
+                    on_bytes=on_bytes,
+                )
+                stats = extractor.run(stream)
+                hashed.drain()
+            finally:
+                with contextlib.suppress(Exception):
+                    stream.close()
+        except IntegrityError as exc:
+            raise _damaged(manifest.generation, exc) from None
+        except ItsupError as exc:
+            cause = exc.__context__
+            if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+                need = sum(e.size for e in plan.entries() if plan.scope.selects(e.path))
+                raise ItsupError(
+                    f"{exc.message} (ENOSPC) while staging {plan.scope.label} from "
+                    f"{manifest.generation}; nothing at the destination was changed",
+                    hint=f"the restore writes all of it ({need / MiB:.1f} MiB) beside the "
+                    "destination before it replaces anything: free that much space there, "
+                    "or restore elsewhere with --to",
+                ) from None
+            raise
         ref = manifest.archive
         if hashed.size != ref.size or hashed.sha256.hexdigest() != ref.sha256:
-            raise IntegrityError(
+            raise GenerationDamaged(
+                manifest.generation,
                 f"{ref.key}: SHA-256 does not match the manifest of {manifest.generation} "
-                f"({hashed.size} bytes read, {ref.size} recorded); nothing was restored"
+                f"({hashed.size} bytes read, {ref.size} recorded); nothing was restored",
             )
-        swap_into_place(staging, plan.dest, aside, plan.scope)
+        try:
+            swap_into_place(staging, plan.dest, aside, plan.scope)
+        except OSError as exc:
+            raise _write_error(
+                plan.dest, exc, "moving the restored files into place (every change was undone)"
+            ) from None
     finally:
-        shutil.rmtree(staging, ignore_errors=True)
-        shutil.rmtree(aside, ignore_errors=True)
+        if plan.reader is not None:  # never taken: the restore failed before reading
+            with contextlib.suppress(Exception):
+                plan.reader.close()
+            plan.reader = None
+        _clean_up(staging, aside)
     seconds = time.monotonic() - started
     log.info(
         "restored %s (%s) from %s into %s: %d files, %d bytes in %.1f s",
@@ -323,18 +407,112 @@ def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None
     )
 
 
+def _write_error(dest: Path, exc: OSError, doing: str) -> ItsupError:
+    if exc.errno == errno.ENOSPC:
+        return ItsupError(f"no space left on the device holding {dest} (ENOSPC) while {doing}")
+    where = f" ({exc.filename})" if exc.filename else ""
+    return ItsupError(f"{dest}: {doing}: {exc.strerror or exc}{where}")
+
+
+def _clean_up(*folders: Path) -> None:
+    """Remove the staging folders, even when a signal arrives while doing so."""
+    interrupted: BaseException | None = None
+    for folder in folders:
+        while True:
+            try:
+                shutil.rmtree(folder, ignore_errors=True)
+                break
+            except KeyboardInterrupt as exc:  # SIGINT/SIGTERM: finish tidying, then stop
+                interrupted = exc
+    if interrupted is not None:
+        raise interrupted
+
+
+# renameat2(2)'s RENAME_EXCHANGE swaps two paths in one step; None where libc lacks it.
+_AT_FDCWD = -100
+_RENAME_EXCHANGE = 2
+
+
+def _load_renameat2() -> Any:
+    try:
+        fn = ctypes.CDLL(None, use_errno=True).renameat2
+    except (OSError, AttributeError):
+        return None
+    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
+    fn.restype = ctypes.c_int
+    return fn
+
+
+_renameat2 = _load_renameat2()
+
+
+def exchange(a: Path, b: Path) -> bool:
+    """Atomically swap `a` and `b` (both must exist); False where that is not supported."""
+    if _renameat2 is None:
+        return False
+    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
+        return True
+    code = ctypes.get_errno()
+    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
+        return False
+    raise OSError(code, os.strerror(code), str(b))
+
+
 def swap_into_place(staging: Path, dest: Path, aside: Path, scope: Scope) -> None:
-    """Move staged paths into `dest`, setting replaced ones aside; undo all on failure."""
-    journal: list[tuple[str, str]] = []  # ("in" | "aside", relative path)
+    """Move staged paths into `dest`; undo every step on failure.
+
+    Each path changes in one atomic step, so a process killed at any point
+    leaves every path either as it was or as restored, never missing or half
+    written: a file over a file is renamed over it (the old one kept as a hard
+    link in `aside` for the rollback); a folder over a file, or the reverse, is
+    swapped with renameat2(RENAME_EXCHANGE). Only where neither is possible is
+    the old path first moved to `aside`, then the new one moved in; a restore
+    killed between the two leaves the old path in `aside`, and the next restore
+    puts it back (remove_leftovers).
+    """
+    # (step, relative path, inode of the old path), undone in reverse. Each step is
+    # written down *before* it is taken, so a signal landing between a rename and
+    # its entry cannot leave a change the rollback does not know about; undoing a
+    # step that was not taken is harmless (a missing path, or a rename between two
+    # links of one file, which does nothing).
+    journal: list[tuple[str, str, int]] = []
+    merged: list[tuple[str, os.stat_result]] = []  # folders kept, with their metadata before
 
     def set_aside(rel: str) -> None:
         (aside / rel).parent.mkdir(parents=True, exist_ok=True)
+        journal.append(("aside", rel, 0))
         os.rename(dest / rel, aside / rel)
-        journal.append(("aside", rel))
 
     def move_in(rel: str) -> None:
+        journal.append(("in", rel, 0))
         os.rename(staging / rel, dest / rel)
-        journal.append(("in", rel))
+
+    def replace(rel: str) -> bool:
+        (aside / rel).parent.mkdir(parents=True, exist_ok=True)
+        try:
+            os.link(dest / rel, aside / rel, follow_symlinks=False)
+        except OSError:  # no hard links here (or not allowed): the two-step way
+            return False
+        journal.append(("over", rel, 0))
+        os.rename(staging / rel, dest / rel)
+        return True
+
+    def swap(rel: str) -> bool:
+        old = os.lstat(dest / rel).st_ino
+        journal.append(("exchanged", rel, old))
+        if exchange(staging / rel, dest / rel):
+            return True
+        journal.pop()
+        return False
+
+    def undo(step: str, rel: str, old: int) -> None:
+        if step == "in":
+            if not os.path.lexists(staging / rel):
+                os.rename(dest / rel, staging / rel)
+        elif step in ("aside", "over"):
+            os.rename(aside / rel, dest / rel)
+        elif os.lstat(dest / rel).st_ino != old:  # exchanged: swap back if it was done
+            exchange(staging / rel, dest / rel)
 
     def visit(rel: str) -> None:
         src, dst = staging / rel, dest / rel
@@ -344,6 +522,7 @@ def swap_into_place(staging: Path, dest: Path, aside: Path, scope: Scope) -> Non
             return
         dst_is_dir = dst.is_dir() and not dst.is_symlink()
         if src_is_dir and dst_is_dir:
+            merged.append((rel, os.lstat(dst)))
             st = os.lstat(src)  # before moving children out changes its mtime
             for child in sorted(os.listdir(src)):
                 visit(f"{rel}/{child}")
@@ -353,6 +532,10 @@ def swap_into_place(staging: Path, dest: Path, aside: Path, scope: Scope) -> Non
                     os.chown(dst, st.st_uid, st.st_gid) if os.geteuid() == 0 else None
                 os.utime(dst, ns=(st.st_mtime_ns, st.st_mtime_ns))
             return
+        if not src_is_dir and not dst_is_dir and replace(rel):
+            return
+        if swap(rel):
+            return
         set_aside(rel)
         move_in(rel)
 
@@ -360,34 +543,67 @@ def swap_into_place(staging: Path, dest: Path, aside: Path, scope: Scope) -> Non
         for top in sorted(os.listdir(staging)):
             visit(top)
     except BaseException:
-        for action, rel in reversed(journal):
+        for step, rel, old in reversed(journal):
             with contextlib.suppress(OSError):
-                if action == "in":
-                    os.rename(dest / rel, staging / rel)
-                else:
-                    os.rename(aside / rel, dest / rel)
+                undo(step, rel, old)
+        for rel, st in reversed(merged):  # last: undoing the steps changed their mtimes
+            with contextlib.suppress(OSError):
+                if os.geteuid() == 0:
+                    os.chown(dest / rel, st.st_uid, st.st_gid)
+                os.chmod(dest / rel, st.st_mode & 0o7777)
+                os.utime(dest / rel, ns=(st.st_atime_ns, st.st_mtime_ns))
         raise
-    for action, rel in journal:
-        if action == "aside":
+    for step, rel, _ in journal:
+        if step != "in":
             log.debug("replaced %s", rel)
 
 
 def remove_leftovers(dest: Path) -> None:
-    """Delete staging folders of restores that were killed (their process is gone).
+    """Clear what restores that were killed left in `dest` (their process is gone).
 
-    A killed restore never touched the live files (the swap is the last step),
-    but its staging folder would linger; one whose owner still runs is left alone.
+    A killed restore leaves its staging folder and its set-aside folder. A path
+    set aside whose place at the destination is empty (the restore died between
+    moving it out and moving its replacement in) is put back first; then both
+    folders are deleted. Folders whose owner still runs are left alone.
     """
     if not dest.is_dir():
         return
-    for path in dest.iterdir():
+    for path in sorted(dest.iterdir(), key=lambda p: not p.name.endswith(ASIDE_SUFFIX)):
         if not path.name.startswith(STAGING_MARK):
             continue
         pid = path.name[len(STAGING_MARK) :].split("-", 1)[0]
         if pid.isdigit() and _alive(int(pid)):
             continue
+        if path.name.endswith(ASIDE_SUFFIX) and path.is_dir() and not path.is_symlink():
+            with contextlib.suppress(OSError):
+                back = _put_back(path, dest, "")
+                if back:
+                    log.warning(
+                        "put back %d path(s) set aside by a restore that was stopped: %s",
+                        len(back),
+                        ", ".join(back[:5]) + (" ..." if len(back) > 5 else ""),
+                    )
         log.info("removing %s, left by a restore that was stopped", path)
         shutil.rmtree(path, ignore_errors=True)
+
+
+def _put_back(aside: Path, dest: Path, rel: str) -> list[str]:
+    """Move paths in `aside` back to `dest` where `dest` has nothing in their place."""
+    back: list[str] = []
+    with os.scandir(aside / rel if rel else aside) as entries:
+        found = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
+    for name, is_dir in found:
+        sub = f"{rel}/{name}" if rel else name
+        there = dest / sub
+        try:
+            st = os.lstat(there)
+        except FileNotFoundError:
+            os.rename(aside / sub, there)  # `dest/rel` is a real folder: checked below
+            back.append(sub)
+            continue
+        if is_dir and st_mod.S_ISDIR(st.st_mode):
+            back += _put_back(aside, dest, sub)
+    return back
 
 
 def _alive(pid: int) -> bool:
@@ -400,4 +616,11 @@ def _alive(pid: int) -> bool:
     return True
 
 
-__all__ = ["ItsupError", "RestorePlan", "RestoreResult", "plan_restore", "run_restore"]
+__all__ = [
+    "GenerationDamaged",
+    "ItsupError",
+    "RestorePlan",
+    "RestoreResult",
+    "plan_restore",
+    "run_restore",
+]

@@ -9,6 +9,7 @@ GNU tar does with "file changed as we read it".
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import fnmatch
 import hashlib
@@ -173,12 +174,18 @@ class _Hasher:
 
     def __init__(self) -> None:
         self.queue: queue.Queue[tuple[Any, bytes | None, threading.Event | None]] = queue.Queue(32)
+        # Also checked on a timer: a signal raised in the main thread in the middle
+        # of a queue operation can lose the wake-up of the sentinel below.
+        self.stopping = threading.Event()
         self.thread = threading.Thread(target=self._run, name="file-hash", daemon=True)
         self.thread.start()
 
     def _run(self) -> None:
-        while True:
-            digest, data, done = self.queue.get()
+        while not self.stopping.is_set():
+            try:
+                digest, data, done = self.queue.get(timeout=0.2)
+            except queue.Empty:
+                continue
             if digest is None:
                 return
             if data is not None:
@@ -196,9 +203,12 @@ class _Hasher:
         return str(digest.hexdigest())
 
     def close(self) -> None:
-        if self.thread.is_alive():
-            self.queue.put((None, None, None))
-            self.thread.join()
+        # Every digest that matters was waited for (hexdigest): nothing queued now
+        # is needed, so stop without draining, and never wait on a full queue.
+        self.stopping.set()
+        with contextlib.suppress(queue.Full):
+            self.queue.put_nowait((None, None, None))
+        self.thread.join(timeout=5)
 
 
 class TarWriter:
