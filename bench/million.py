@@ -50,19 +50,7 @@ SAMPLE = 2000
 RSS_FLAT_FACTOR = 2.0
 MIB = 1 << 20
 
-# Runs one command and writes "<wait status> <maxrss KiB> <seconds>" to a report file;
-# small, so the command does not inherit this process's memory high-water mark.
-LAUNCHER = """\
-import os, sys, time
-report, argv = sys.argv[1], sys.argv[2:]
-start = time.monotonic()
-pid = os.posix_spawnp(argv[0], argv, os.environ)
-_, status, usage = os.wait4(pid, 0)
-elapsed = time.monotonic() - start
-with open(report, "w") as f:
-    f.write(f"{status} {usage.ru_maxrss} {elapsed}")
-sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
-"""
+from bench import LAUNCHER  # noqa: E402 - the same small wait4 launcher as bench.py
 
 
 @dataclass

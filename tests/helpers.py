@@ -194,6 +194,14 @@ def read_manifest(store: Store, generation: str) -> dict[str, Any]:
     return manifest
 
 
+def flip_middle(data: bytes) -> bytes:
+    """Bit rot: 16 bytes inverted in the middle of an object."""
+    damaged = bytearray(data)
+    mid = len(data) // 2
+    damaged[mid : mid + 16] = bytes(b ^ 0xFF for b in damaged[mid : mid + 16])
+    return bytes(damaged)
+
+
 def retar_with_new_content(store: Store, name: str, path: str) -> None:
     """Rewrite a generation's archive with plain tarfile, one file's content changed
     (same size), and a manifest that vouches for the new archive: the archive

@@ -24,6 +24,7 @@ from helpers import (
     ACME,
     HostFactory,
     Store,
+    flip_middle,
     generations,
     host_factory,
     itsup,
@@ -104,13 +105,6 @@ def two_generations(store: Store) -> tuple[str, str, dict[str, tuple[Any, ...]]]
     itsup(root, "backup")
     newer, older = (g["name"] for g in generations(root))
     return older, newer, old_state
-
-
-def flip_middle(data: bytes) -> bytes:
-    damaged = bytearray(data)
-    mid = len(data) // 2
-    damaged[mid : mid + 16] = bytes(b ^ 0xFF for b in damaged[mid : mid + 16])
-    return bytes(damaged)
 
 
 def damage(store: Store, gen: str, how: str) -> None:

@@ -25,6 +25,7 @@ from helpers import (
     ACME,
     HostFactory,
     Store,
+    flip_middle,
     generations,
     host_factory,
     itsup,
@@ -68,13 +69,6 @@ def state(root: Path) -> dict[str, Any]:
 def objects(store: Store) -> dict[str, str]:
     """Every stored object's SHA-256: verify must leave them all as they were."""
     return {n: hashlib.sha256(store.read(n)).hexdigest() for n in store.names()}
-
-
-def flip_middle(data: bytes) -> bytes:
-    damaged = bytearray(data)
-    mid = len(data) // 2
-    damaged[mid : mid + 16] = bytes(b ^ 0xFF for b in damaged[mid : mid + 16])
-    return bytes(damaged)
 
 
 def set_manifest(store: Store, name: str, change: Any) -> None:
