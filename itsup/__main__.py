@@ -7,6 +7,7 @@ end the run with the documented exit code (130), not a traceback.
 
 from __future__ import annotations
 
+import os
 import signal
 import sys
 from typing import Any
@@ -23,7 +24,10 @@ def entry() -> None:
         from itsup.cli.main import run
     except KeyboardInterrupt as exc:
         sys.stderr.write(f"itsup: {exc or 'interrupted'} before it started; nothing was written\n")
-        sys.exit(130)
+        sys.stderr.flush()
+        # Straight out: nothing was started that needs finishing, and an interpreter
+        # shutting down right after an interrupted import may still die by the signal.
+        os._exit(130)
     run()
 
 
