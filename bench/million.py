@@ -50,7 +50,7 @@ SAMPLE = 2000
 RSS_FLAT_FACTOR = 2.0
 MIB = 1 << 20
 
-from bench import LAUNCHER  # noqa: E402 - the same small wait4 launcher as bench.py
+from bench import run_measured  # noqa: E402 - the same small wait4 launcher as bench.py
 
 
 @dataclass
@@ -72,24 +72,12 @@ class SizeResult:
 
 
 def measure(argv: list[str], cwd: Path, log: Path) -> Measured:
-    report = log.with_suffix(".rusage")
+    """`argv` under bench.py's launcher: wall seconds and peak RSS; a failure stops the benchmark."""
     env = {k: v for k, v in os.environ.items() if k != "ITSUP_ROOT"}
-    with open(log, "wb") as out:
-        proc = subprocess.run(
-            [sys.executable, "-I", "-S", "-c", LAUNCHER, str(report), *argv],
-            cwd=cwd,
-            env=env,
-            stdin=subprocess.DEVNULL,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            check=False,
-        )
-    status, rss_kib, seconds = report.read_text().split()
-    code = os.waitstatus_to_exitcode(int(status))
-    if code != 0 or proc.returncode != 0:
-        tail = log.read_text(errors="replace")[-2000:]
-        raise SystemExit(f"{shlex.join(argv)} failed (exit {code}):\n{tail}")
-    return Measured(code, float(seconds), int(rss_kib) / 1024)
+    run = run_measured(argv, cwd, env, log)
+    if not run.ok:
+        raise SystemExit(f"{shlex.join(argv)} failed: {run.note}")
+    return Measured(0, run.seconds, run.peak_rss_kib / 1024)
 
 
 def build_tree(root: Path, files: int, seed: int) -> tuple[int, float]:

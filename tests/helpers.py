@@ -194,6 +194,19 @@ def read_manifest(store: Store, generation: str) -> dict[str, Any]:
     return manifest
 
 
+def dead_pid() -> str:
+    """The PID of a process that has just exited (for leftovers of a killed run)."""
+    import subprocess
+    import sys
+
+    return subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"],
+        capture_output=True,
+        text=True,
+        check=True,
+    ).stdout.strip()
+
+
 def flip_middle(data: bytes) -> bytes:
     """Bit rot: 16 bytes inverted in the middle of an object."""
     damaged = bytearray(data)

@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import archive_members, generations, itsup, setup_host
+from helpers import archive_members, dead_pid, generations, itsup, setup_host
 
 REPO = Path(__file__).resolve().parent.parent
 BIN_BACKUP = REPO / "bin" / "backup.py"
@@ -89,12 +89,7 @@ def test_restore_clears_staging_left_by_a_killed_restore(tmp_path: Path) -> None
     itsup(store.root, "backup")
     dest = tmp_path / "dest"
     dest.mkdir()
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    dead = dead_pid()
     stale = dest / f".itsup-restore-{dead}-0badc0de"
     (stale / "proxy").mkdir(parents=True)
     running = dest / f".itsup-restore-{os.getpid()}-00c0ffee"  # its owner is alive: kept

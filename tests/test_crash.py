@@ -50,6 +50,7 @@ from helpers import (
     STAGING_MARK,
     MiB,
     Store,
+    dead_pid,
     generations,
     itsup,
     leftovers,
@@ -678,12 +679,7 @@ def test_next_restore_puts_back_a_path_a_killed_restore_had_set_aside(
     put it back before it deletes that folder."""
     world = local_world
     dest = world.fresh_dest("set-aside")
-    dead = subprocess.run(
-        [sys.executable, "-c", "import os; print(os.getpid())"],
-        capture_output=True,
-        text=True,
-        check=True,
-    ).stdout.strip()
+    dead = dead_pid()
     aside = dest / f"{STAGING_MARK}{dead}-0badc0de.old"
     acme = "proxy/traefik/acme.json"
     (aside / "proxy/traefik").mkdir(parents=True)
