@@ -60,13 +60,14 @@ def _typed(value: Any) -> Any:
             parsed = yaml.safe_load(value)
         except yaml.YAMLError:
             return value
-        if isinstance(parsed, bool | int):
+        if isinstance(parsed, bool | int | float):
             return parsed
     return value
 
 
 Flag = Annotated[bool, BeforeValidator(_typed)]
 Count = Annotated[int, BeforeValidator(_typed)]
+Number = Annotated[float, BeforeValidator(_typed)]
 
 
 def _recipient(value: str) -> str:
@@ -160,9 +161,10 @@ def _seconds(value: Any) -> Any:
 
 
 Seconds = Annotated[int, BeforeValidator(_seconds), Field(ge=1)]
-Event = Literal["failure", "partial", "stale", "verify_failed", "drill_failed", "success"]
+Event = Literal["failure", "partial", "stale", "verify_failed", "drill_failed", "success", "locked"]
 EVENTS: tuple[Event, ...] = get_args(Event)
-DEFAULT_EVENTS: tuple[Event, ...] = tuple(e for e in EVENTS if e != "success")
+# `success` and `locked` (a backup skipped because another still runs) only when asked for.
+DEFAULT_EVENTS: tuple[Event, ...] = tuple(e for e in EVENTS if e not in ("success", "locked"))
 
 
 def _http_url(value: str | None) -> str | None:
@@ -202,6 +204,14 @@ class NotifyTarget(_Strict):
         return value
 
 
+class GuardConfig(_Strict):
+    # A backup holding fewer than this share of the files or of the bytes of the
+    # newest complete generation on the target is refused (an unmounted disk, a
+    # wrong root, a new host before its restore): it would replace `latest`.
+    # 0 turns the comparison off; an empty source is refused whatever the ratio.
+    min_ratio: Number = Field(default=0.5, ge=0, le=1)
+
+
 class BackupConfig(_Strict):
     s3: S3Config | None = None
     local: LocalConfig | None = None
@@ -215,6 +225,7 @@ class BackupConfig(_Strict):
     encryption: EncryptionConfig | None = None
     exclude: list[str] = Field(default_factory=list)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
+    guard: GuardConfig = Field(default_factory=GuardConfig)
 
     @field_validator("target")
     @classmethod

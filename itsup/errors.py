@@ -19,6 +19,7 @@ class ExitCode(IntEnum):
     CONFIG = 4  # itsup.yml or the secrets it needs are broken or missing
     DAMAGED = 5  # a backup failed an integrity check or held hostile paths
     STORAGE = 6  # the storage target could not be reached or refused us
+    NO_BACKUP = 10  # the target holds no complete generation (empty bucket, wrong prefix)
     LOCKED = 11  # another backup holds the lock for this host root
     STALE = 12  # `backup check`: the newest complete backup is too old (or there is none)
     INTERRUPTED = 130  # stopped by SIGINT/SIGTERM; nothing half-written kept
@@ -63,6 +64,13 @@ class NotFoundError(StorageError):
     """The object or generation does not exist."""
 
     exit_code = ExitCode.FAILURE
+
+
+class NoBackupError(NotFoundError):
+    """The target holds no complete generation at all: restore, verify, drill and
+    check all say so with this one code, naming where they looked."""
+
+    exit_code = ExitCode.NO_BACKUP
 
 
 class LockedError(ItsupError):

@@ -7,7 +7,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
-from itsup.errors import IntegrityError, NotFoundError
+from itsup.errors import IntegrityError, NoBackupError, NotFoundError
 from itsup.manifest import Manifest
 from itsup.storage.base import ObjectInfo, Target
 
@@ -89,12 +89,36 @@ def load_manifest(target: Target, gen: Generation) -> None:
         gen.problem = str(exc)
 
 
+def location(target: Target, prefix: str) -> str:
+    """Where a target keeps its generations, for messages: `s3://bucket/prefix/ at URL`."""
+    base, sep, endpoint = target.name.partition(" at ")
+    return f"{base.rstrip('/')}/{prefix}" + (f" at {endpoint}" if sep else "")
+
+
+def no_backup(where: str, unfinished: int) -> NoBackupError:
+    """The error every command gives when a target holds no complete generation."""
+    detail = (
+        f" ({unfinished} unfinished one(s) without a readable manifest: runs that did not complete)"
+        if unfinished
+        else ""
+    )
+    return NoBackupError(
+        f"no complete backup generation in {where}{detail}",
+        hint="check the bucket (or path) and prefix in projects/itsup.yml; "
+        "`itsup backup list` shows what is there, `itsup backup` writes one",
+    )
+
+
 def select_generation(
-    generations: list[Generation], wanted: str | None, target: Target | None = None
+    generations: list[Generation],
+    wanted: str | None,
+    target: Target | None = None,
+    where: str | None = None,
 ) -> Generation:
     """The named generation, or the newest complete one; only complete ones qualify.
 
     With `target`, manifests are read only as far as needed (newest first).
+    NoBackupError (naming `where`) when the target holds no complete generation.
     """
 
     def load(gen: Generation) -> None:
@@ -106,7 +130,7 @@ def select_generation(
             load(gen)
             if gen.complete:
                 return gen
-        raise NotFoundError("no complete backup generation found on the target")
+        raise no_backup(where or "the target", len(generations))
     name = wanted.removesuffix(".manifest.json")
     for suffix in (".tar.gz.age", ".tar.gz", ".tar.age", ".tar"):
         name = name.removesuffix(suffix)

@@ -45,7 +45,7 @@ class RunRecord:
     started: float  # unix time
     finished: float | None = None
     exit_code: int | None = None
-    result: str | None = None  # success | partial | failure | stale | interrupted
+    result: str | None = None  # success | partial | failure | stale | interrupted | locked
     target: str | None = None  # e.g. "s3://bucket/prefix" (never credentials)
     generation: str | None = None
     bytes: int | None = None  # archive bytes written (backup) or read (verify/drill)
@@ -149,7 +149,12 @@ def log_end(record: RunRecord) -> None:
         **{k: v for k, v in record.details.items() if isinstance(v, int | float | str)},
         "error": record.message,
     }
-    level = logging.INFO if record.result in ("success", "partial") else logging.ERROR
+    if record.result in ("success", "partial"):
+        level = logging.INFO
+    elif record.result == "locked":  # another run is busy: not a failure of anything
+        level = logging.WARNING
+    else:
+        level = logging.ERROR
     log.log(level, "%s", _logfmt(fields), extra={"console": False})
 
 
@@ -164,6 +169,8 @@ def event_of(record: RunRecord) -> str:
         return "partial"
     if record.result == "stale":
         return "stale"
+    if record.result == "locked":
+        return "locked"
     if record.action == "verify":
         return "verify_failed"
     if record.action == "drill":
@@ -182,6 +189,7 @@ def describe(record: RunRecord, host_name: str | None = None) -> tuple[str, str]
         "verify_failed": "FAILED",
         "drill_failed": "FAILED",
         "failure": "FAILED",
+        "locked": "SKIPPED: another run holds the lock",
     }[event]
     what = "backup" if record.action in ("backup", "check") else f"backup {record.action}"
     title = f"itsup {what} {words} on {host_name}"
@@ -206,7 +214,11 @@ def describe(record: RunRecord, host_name: str | None = None) -> tuple[str, str]
 # -- the wrapper --------------------------------------------------------------------
 
 
-def _result_for(code: int) -> str:
+def _result_for(code: int, action: str) -> str:
+    if code == ExitCode.LOCKED:
+        return "locked"
+    if code == ExitCode.NO_BACKUP and action == "check":
+        return "stale"  # no backup at all is the stalest there is: the `stale` alert
     if code == ExitCode.SUCCESS:
         return "success"
     if code == ExitCode.PARTIAL:
@@ -226,32 +238,42 @@ class Monitor:
     config: Any  # ItsupConfig (Any: keeps this module free of pydantic at import)
     record: RunRecord
 
+    def begin(self) -> None:
+        """The backup holds the host lock and starts: the healthchecks `start` ping.
+
+        Called by the action once it has the lock, so that a run refused by the
+        lock (another backup still going) sends no ping at all.
+        """
+        monitoring = self.config.backup.monitoring
+        if monitoring.healthchecks and self.record.action == "backup":
+            _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, "start", None))
+
     def finish(self, code: int, message: str | None = None) -> None:
         record = self.record
         record.finished = time.time()
         record.exit_code = int(code)
         if record.result is None or code not in (ExitCode.SUCCESS, ExitCode.PARTIAL):
-            record.result = _result_for(code)
+            record.result = _result_for(code, record.action)
         if message and not record.message:
             record.message = message
         log_end(record)
+        monitoring = self.config.backup.monitoring
+        if record.result == "locked":
+            # The run never started: the run holding the lock records its own
+            # outcome and pings. Only those who asked for `locked` hear of it.
+            _guard("notifications", lambda: _notify(self.config, record))
+            return
         state: dict[str, Any] | None = None
         try:
             state = _save_state(self.layout, record)
         except OSError as exc:
             log.warning("could not save run state to %s: %s", state_file(self.layout), exc)
-        monitoring = self.config.backup.monitoring
         if monitoring.metrics_file and state is not None:
             _guard("metrics", lambda: _write_metrics(self.layout, monitoring.metrics_file, state))
         _guard("notifications", lambda: _notify(self.config, record))
         # Only the backup itself pings: a check's pings would keep the dead-man's
-        # switch happy while backups fail, and a run refused by the lock (another
-        # backup is still going) must not end that backup's ping.
-        if (
-            monitoring.healthchecks
-            and record.action == "backup"
-            and record.exit_code != ExitCode.LOCKED
-        ):
+        # switch happy while backups fail.
+        if monitoring.healthchecks and record.action == "backup":
             kind = "success" if record.result in ("success", "partial") else "fail"
             _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, kind, record))
 
@@ -306,10 +328,6 @@ def monitored(
     normally ends it with `monitor.record.exit_code` if it set one, else 0.
     """
     assert action in ACTIONS
-    monitoring = config.backup.monitoring
-    if monitoring.healthchecks and action == "backup":
-        _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, "start", None))
-    # Started after the ping: a slow ping is not part of the run's duration.
     monitor = Monitor(layout, config, RunRecord(action, time.time(), target=target))
     log_start(monitor.record)
     try:

@@ -266,8 +266,8 @@ def test_sigkill_mid_upload_then_next_backup(new_host: HostFactory, bulk: list[P
     proc.communicate(timeout=30)
     assert started(), "the kill should leave an unfinished upload for the next run"
     assert generations(root) == []
-    res = itsup(root, "restore", "--to", root / "out", expect=ExitCode.FAILURE)
-    assert "no complete backup" in res.err
+    res = itsup(root, "restore", "all", "--to", root / "out", expect=ExitCode.NO_BACKUP)
+    assert "no complete backup generation in" in res.err
 
     itsup(root, "backup")  # the lock died with the killed run
     [gen] = generations(root)

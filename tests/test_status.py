@@ -71,11 +71,13 @@ def test_check_default_limit_comes_from_itsup_yml(tmp_path: Path):
     assert run_itsup("backup", "check", root=root).code == 12
 
 
-def test_check_without_any_backup_is_stale(tmp_path: Path):
+def test_check_without_any_backup_is_exit_10_and_stale(tmp_path: Path):
     root = local_host(tmp_path)
     r = run_itsup("backup", "check", root=root)
-    assert r.code == 12
-    assert "no complete backup at all" in r.err
+    assert r.code == 10  # the same code restore, verify and drill give
+    assert "no complete backup generation in" in r.err
+    state = json.loads((root / ".itsup" / "state.json").read_text())
+    assert state["last"]["check"]["result"] == "stale"
 
 
 def test_an_incomplete_newer_generation_does_not_count(tmp_path: Path):

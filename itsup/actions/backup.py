@@ -6,8 +6,9 @@ The path, top to bottom:
          -> SHA-256 of the object -> multipart upload (parts in flight)
 
 Order of writes (docs/design.md): archive object (committed only when the
-stream is whole), file index, manifest (the commit marker: a generation
-without it is never offered for restore), then the `latest` alias.
+stream is whole, and only when the shrink guard lets it), file index,
+manifest (the commit marker: a generation without it is never offered for
+restore), then the `latest` alias.
 """
 
 from __future__ import annotations
@@ -25,8 +26,17 @@ from types import ModuleType
 from typing import Any
 
 from itsup import __version__
-from itsup.errors import StorageError
-from itsup.generation import LATEST, archive_suffix, generation_name, index_suffix, scan
+from itsup.errors import ItsupError, NoBackupError, StorageError
+from itsup.generation import (
+    LATEST,
+    Generation,
+    archive_suffix,
+    generation_name,
+    index_suffix,
+    location,
+    scan,
+    select_generation,
+)
 from itsup.host import Host
 from itsup.layout import STATE_DIRS
 from itsup.lock import host_lock
@@ -72,8 +82,71 @@ def _age() -> tuple[ModuleType, ModuleType]:
     return pyrage, crypt
 
 
-def _unique_name(target: Target, prefix: str, now: datetime) -> str:
-    taken = {g.name for g in scan(target, prefix, load_manifests=False)}
+class ShrinkRefused(ItsupError):
+    """The source is empty, or far smaller than the newest complete generation."""
+
+
+def _mb(n: int) -> str:
+    """Bytes for a message: 812 B, 4.2 kB, 693.1 MB, 1.2 GB."""
+    size = float(n)
+    for unit in ("B", "kB", "MB", "GB"):
+        if size < 1000:
+            return f"{size:.0f} B" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1000
+    return f"{size:,.1f} TB"
+
+
+def check_shrink(
+    stats: Stats, reference: Manifest | None, min_ratio: float, where: str, sources: str
+) -> None:
+    """Refuse (ShrinkRefused) a backup that is empty or holds fewer than `min_ratio`
+    of the files or bytes of `reference`, the newest complete generation on the target.
+
+    Such a run is almost always a mistake (an unmounted disk, a wrong root, a new
+    host before its restore), and committing it would make it the generation that
+    `latest`, restores and `backup check` use.
+    """
+    now = f"{stats.files:,} files ({_mb(stats.bytes)})"
+    override = "if this is really what the host holds now, run `itsup backup --allow-shrink` once"
+    if stats.files == 0:
+        before = (
+            f"; the newest complete generation, {reference.generation}, holds "
+            f"{reference.files:,} files ({_mb(reference.source_bytes)})"
+            if reference is not None
+            else ""
+        )
+        raise ShrinkRefused(
+            f"backup refused: {sources} hold no files{before}; nothing was stored in {where} "
+            "and latest is unchanged",
+            hint="is the disk mounted and --root right? On a new host, restore first "
+            f"(`itsup restore all`); {override}",
+        )
+    if reference is None or min_ratio <= 0:
+        return
+    small_files = stats.files < min_ratio * reference.files
+    small_bytes = stats.bytes < min_ratio * reference.source_bytes
+    if not (small_files or small_bytes):
+        return
+    raise ShrinkRefused(
+        f"backup refused: it holds {now}, the newest complete generation "
+        f"{reference.generation} holds {reference.files:,} files "
+        f"({_mb(reference.source_bytes)}): under {min_ratio:.0%} of its "
+        f"{'files' if small_files else 'bytes'} (backup.guard.min_ratio); nothing was "
+        f"stored in {where} and latest is unchanged",
+        hint=f"check that every volume is mounted; {override} (or lower backup.guard.min_ratio)",
+    )
+
+
+def _newest_complete(target: Target, found: list[Generation]) -> Manifest | None:
+    """The manifest of the newest complete generation on the target, the guard's reference."""
+    try:
+        return select_generation(found, None, target).manifest
+    except NoBackupError:
+        return None
+
+
+def _unique_name(found: list[Generation], now: datetime) -> str:
+    taken = {g.name for g in found}
     name = generation_name(now)
     while name in taken:  # two runs within one second: take the next free second
         now = now.fromtimestamp(now.timestamp() + 1, UTC)
@@ -126,17 +199,28 @@ def run_backup(
     target_choice: str | None = None,
     on_bytes: Callable[[int], None] | None = None,
     now: datetime | None = None,
+    allow_shrink: bool = False,
+    on_locked: Callable[[], None] | None = None,
 ) -> BackupResult:
-    """Write one complete generation of upstream/ and proxy/ to the target."""
+    """Write one complete generation of upstream/ and proxy/ to the target.
+
+    `on_locked` is called once the host lock is held (the run really starts).
+    Raises ShrinkRefused, having stored nothing, when the source is empty or
+    far smaller than the newest complete generation (unless `allow_shrink`).
+    """
     cfg = host.config.backup
     target, prefix = host.target(target_choice)
     with host_lock(host.layout.lock_file):
+        if on_locked is not None:
+            on_locked()
         started = time.monotonic()
         start_time = now or datetime.now(UTC)
         stale = target.cleanup_incomplete(prefix)
         if stale:
             log.info("discarded %d unfinished upload(s) left by an interrupted run", stale)
-        name = _unique_name(target, prefix, start_time)
+        found = scan(target, prefix, load_manifests=False)
+        name = _unique_name(found, start_time)
+        reference = _newest_complete(target, found)
         compression = cfg.compression_settings
         recipients = (
             [_age()[1].parse_recipient(r) for r in cfg.encryption.recipients]
@@ -147,12 +231,23 @@ def run_backup(
         log.info("backup %s started: %s -> %s", name, host.layout.root, target.name)
 
         # 1. the archive, streamed; visible under its key only once whole
+        def guard(stats: Stats) -> None:
+            if allow_shrink:
+                if not stats.files:  # asked for: an empty generation, said out loud
+                    log.warning("storing a backup that holds no files (--allow-shrink)")
+                return
+            check_shrink(
+                stats,
+                reference,
+                cfg.guard.min_ratio,
+                location(target, prefix),
+                " and ".join(f"{d}/" for d in STATE_DIRS),
+            )
+
         index = IndexWriter()
         archive, stats = stream_archive(
-            host, target, f"{prefix}{name}{suffix}", index, recipients, on_bytes
+            host, target, f"{prefix}{name}{suffix}", index, recipients, on_bytes, guard
         )
-        if stats.files + stats.dirs + stats.symlinks == 0:
-            log.warning("nothing to back up: neither upstream/ nor proxy/ holds anything")
         # 2. the file index
         index_ref = write_index(
             target, f"{prefix}{name}{index_suffix(bool(recipients))}", index, recipients
@@ -196,8 +291,13 @@ def stream_archive(
     index: IndexWriter,
     recipients: list[Any],
     on_bytes: Callable[[int], None] | None,
+    before_commit: Callable[[Stats], None] | None = None,
 ) -> tuple[ObjectRef, Stats]:
-    """walk -> tar -> compress -> encrypt -> hash -> upload; abort the upload on any failure."""
+    """walk -> tar -> compress -> encrypt -> hash -> upload; abort the upload on any failure.
+
+    `before_commit` sees the run's figures once the stream is whole and may
+    raise to abort it: then nothing is left under the key.
+    """
     cfg = host.config.backup
     compression = cfg.compression_settings
     selection = Selection(STATE_DIRS, tuple(cfg.exclude), cfg.include_volumes)
@@ -213,6 +313,8 @@ def stream_archive(
         compressor.close()
         if encryptor is not None:
             encryptor.close()
+        if before_commit is not None:
+            before_commit(stats)
         size = writer.commit()
     except BaseException:
         if compressor is not None:
@@ -280,4 +382,4 @@ def _update_latest(target: Target, prefix: str, archive_key: str, latest_key: st
             target.delete(key)
 
 
-__all__ = ["BackupResult", "Problem", "run_backup"]
+__all__ = ["BackupResult", "Problem", "ShrinkRefused", "check_shrink", "run_backup"]

@@ -44,7 +44,7 @@ from itsup.errors import (
     NotFoundError,
     StorageError,
 )
-from itsup.generation import scan, select_generation
+from itsup.generation import location, scan, select_generation
 from itsup.host import Host
 from itsup.manifest import Entry, Manifest
 
@@ -143,7 +143,14 @@ def _round(value: float | None) -> float | None:
 
 
 def _typed(code: int, message: str, hint: str | None = None) -> ItsupError:
-    """An error of the class that carries `code`."""
+    """An error of the class that carries `code`.
+
+    A drill's exit 1 means only "every check passed but RTO/RPO was missed"
+    (see _verdict): any other failure (a full disk, a restore that failed for a
+    reason with no code of its own) is a failed drill, exit 5.
+    """
+    if code == ExitCode.FAILURE:
+        code = ExitCode.DAMAGED
     cls: type[ItsupError] = {
         ExitCode.DAMAGED: IntegrityError,
         ExitCode.STORAGE: StorageError,
@@ -180,7 +187,9 @@ def run_drill(
     clock = time.monotonic()
     now = datetime.now(UTC)
     target, prefix = host.target(target_choice)
-    gen = select_generation(scan(target, prefix, load_manifests=False), generation, target)
+    gen = select_generation(
+        scan(target, prefix, load_manifests=False), generation, target, location(target, prefix)
+    )
     assert gen.manifest is not None
     manifest = gen.manifest
     monitoring = host.config.backup.monitoring

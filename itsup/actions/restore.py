@@ -33,7 +33,7 @@ from typing import Any, BinaryIO, cast
 import pyrage
 
 from itsup.errors import ConfigError, IntegrityError, ItsupError, NotFoundError, UsageError
-from itsup.generation import LATEST, Generation, scan, select_generation
+from itsup.generation import LATEST, Generation, location, scan, select_generation
 from itsup.host import Host
 from itsup.manifest import Entry, Manifest, read_index
 from itsup.pipeline.crypt import decrypting_reader, default_identity_file, load_identities
@@ -231,7 +231,9 @@ def plan_restore(
     """
     target, prefix = host.target(target_choice)
     found = scan(target, prefix, load_manifests=False)
-    gen = select_generation([g for g in found if g.name not in skip], generation, target)
+    gen = select_generation(
+        [g for g in found if g.name not in skip], generation, target, location(target, prefix)
+    )
     assert gen.manifest is not None
     if generation in (None, LATEST):
         _warn_passed_over(found, gen, skip)

@@ -13,7 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from itsup.errors import ItsupError, StaleError
-from itsup.generation import Generation, load_manifest, scan
+from itsup.generation import Generation, load_manifest, location, no_backup, scan
 from itsup.host import Host
 from itsup.monitor import load_state
 
@@ -60,7 +60,7 @@ def _newest_complete(target: Any, gens: list[Generation]) -> Generation | None:
 
 def target_status(host: Host, kind: str, now: datetime | None = None) -> TargetStatus:
     target, prefix = host.target(kind)
-    status = TargetStatus(kind, f"{target.name}/{prefix}")
+    status = TargetStatus(kind, location(target, prefix))
     try:
         gens = scan(target, prefix, load_manifests=False)
         newest = _newest_complete(target, gens)
@@ -117,10 +117,7 @@ def check(host: Host, max_age: float, choice: str | None = None) -> TargetStatus
         raise StorageError(st.error)
     limit = format_duration(max_age)
     if st.newest is None or st.age_seconds is None:
-        raise StaleError(
-            f"{st.where}: no complete backup at all (limit {limit})",
-            hint="run `itsup backup` and look at logs/backup.log for why none has completed",
-        )
+        raise no_backup(st.where, st.generations)
     if st.age_seconds > max_age:
         raise StaleError(
             f"{st.where}: the newest complete backup, {st.newest}, is "

@@ -28,6 +28,8 @@ from itsup.generation import (
     Generation,
     archive_suffix,
     index_suffix,
+    location,
+    no_backup,
     scan,
     select_generation,
 )
@@ -151,13 +153,17 @@ def _wanted_name(wanted: str) -> str:
 
 
 def choose(
-    generations: list[Generation], wanted: str | None, every: bool, target: Target
+    generations: list[Generation],
+    wanted: str | None,
+    every: bool,
+    target: Target,
+    where: str | None = None,
 ) -> list[Generation]:
     """The generations to verify: all, the named one, or the newest complete one."""
     if every:
         return generations
     if wanted in (None, LATEST):
-        return [select_generation(generations, None, target)]
+        return [select_generation(generations, None, target, where)]
     assert wanted is not None
     name = _wanted_name(wanted)
     for gen in generations:
@@ -196,7 +202,10 @@ def verify_backups(
     no identity that opens it.
     """
     target, prefix = host.target(target_choice)
-    chosen = choose(scan(target, prefix, load_manifests=False), generation, every, target)
+    found = scan(target, prefix, load_manifests=False)
+    if not found:  # nothing at all: the same answer as restore, drill and check
+        raise no_backup(location(target, prefix), 0)
+    chosen = choose(found, generation, every, target, location(target, prefix))
     rng = random.Random(seed)
     identities = _Identities(host)
     checks = []

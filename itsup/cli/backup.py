@@ -47,12 +47,20 @@ def _source_size(host: Host) -> int:
 
 @click.group(invoke_without_command=True)
 @TARGET
+@click.option(
+    "--allow-shrink",
+    is_flag=True,
+    help="Store this backup even if the source is empty or holds under "
+    "backup.guard.min_ratio (50%) of the files or bytes of the newest complete backup.",
+)
 @click.pass_context
-def backup(ctx: click.Context, target_choice: str | None) -> int | None:
+def backup(ctx: click.Context, target_choice: str | None, allow_shrink: bool) -> int | None:
     """Back up upstream/ and proxy/ (and volumes if configured) as one generation.
 
     With no subcommand, runs a backup. Safe under cron: prints nothing on
     success unless -v; the exit code says success (0), partial (3), or why not.
+    A source that is empty, or far smaller than the newest complete backup,
+    is refused (exit 1) unless --allow-shrink.
     """
     if ctx.invoked_subcommand is not None:
         return None
@@ -64,7 +72,13 @@ def backup(ctx: click.Context, target_choice: str | None) -> int | None:
         show = interactive()
         total = _source_size(host) if show else None
         with byte_progress("backup", total, show) as advance:
-            result = run_backup(host, target_choice=target_choice, on_bytes=advance)
+            result = run_backup(
+                host,
+                target_choice=target_choice,
+                on_bytes=advance,
+                allow_shrink=allow_shrink,
+                on_locked=run.begin,
+            )
         s = result.stats
         record = run.record
         record.generation = result.generation

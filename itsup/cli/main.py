@@ -36,8 +36,8 @@ def cli(ctx: click.Context, root: str | None, verbose: int) -> None:
 
     \b
     Exit codes: 0 success, 1 failure, 2 usage, 3 partial backup, 4 config,
-    5 damaged or hostile backup, 6 storage unreachable, 11 locked,
-    12 stale backup (backup check), 130 interrupted.
+    5 damaged or hostile backup, 6 storage unreachable, 10 no backup on the
+    target, 11 locked, 12 stale backup (backup check), 130 interrupted.
     """
     configure(verbose >= 2)
     ctx.obj = {"root": root, "verbose": verbose}
@@ -107,8 +107,10 @@ def main(argv: list[str] | None = None) -> int:
     except ItsupError as exc:
         # Goes to logs/backup.log (the spec monitors it for errors); the console
         # line comes from _report, so the console handler is skipped here.
-        logging.getLogger("itsup").error(
-            "%s (exit %d)", exc.message, int(exc.exit_code), extra={"console": False}
+        # A run refused by the lock is not a failure: the run holding it reports.
+        level = logging.WARNING if exc.exit_code == ExitCode.LOCKED else logging.ERROR
+        logging.getLogger("itsup").log(
+            level, "%s (exit %d)", exc.message, int(exc.exit_code), extra={"console": False}
         )
         _report(exc)
         return int(exc.exit_code)
