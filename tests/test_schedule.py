@@ -248,11 +248,18 @@ def test_cron_file_block_is_replaced_and_removed(tmp_path: Path, isolated_home: 
     root, other = host(tmp_path), host(tmp_path, "other")
     cron = tmp_path / "cron.d" / "itsup"
     cron.parent.mkdir()
-    cron.write_bytes(FOREIGN_HEAD + FOREIGN_TAIL)
+    # A cron file someone else wrote is never appended to.
+    foreign = tmp_path / "cron.d" / "other-package"
+    foreign.write_bytes(FOREIGN_HEAD + FOREIGN_TAIL)
+    res = schedule(root, "--cron-file", foreign, "--check", "--install", expect=1)
+    assert "was not written by itsup" in res.err
+    assert foreign.read_bytes() == FOREIGN_HEAD + FOREIGN_TAIL
+
+    schedule(root, "--cron-file", cron, "--check", "--install")
     cron.chmod(0o600)
     schedule(root, "--cron-file", cron, "--check", "--install")
     text = cron.read_bytes()
-    assert text.startswith(FOREIGN_HEAD + FOREIGN_TAIL)
+    assert text.startswith(f"# BEGIN itsup (root: {root})".encode())
     assert stat.S_IMODE(cron.stat().st_mode) == 0o600  # the file's own mode is kept
     block = block_of(text.decode("utf-8", "surrogateescape"), root)
     jobs = [ln for ln in block if not ln.startswith("#")]
@@ -287,9 +294,9 @@ def test_cron_file_block_is_replaced_and_removed(tmp_path: Path, isolated_home: 
     rest = cron.read_bytes()
     assert f"(root: {root})".encode() not in rest
     other_block = "\n".join(block_of(snapshot.decode("utf-8", "surrogateescape"), other)) + "\n"
-    assert rest == FOREIGN_HEAD + FOREIGN_TAIL + other_block.encode() + b"# appended by hand\n"
+    assert rest == other_block.encode() + b"# appended by hand\n"
     schedule(other, "--cron-file", cron, "--uninstall")
-    assert cron.read_bytes() == FOREIGN_HEAD + FOREIGN_TAIL + b"# appended by hand\n"
+    assert cron.read_bytes() == b"# appended by hand\n"
 
     # A file that held only itsup's block was itsup's file: uninstall removes it.
     alone = tmp_path / "cron.d" / "itsup-alone"

@@ -768,6 +768,16 @@ def _install_cron(root: Path, opts: Options, block: Rendered, result: Outcome) -
     except OSError as exc:
         raise ScheduleError(f"{path}: cannot read: {exc.strerror}") from None
     current = data.decode("utf-8", "surrogateescape")
+    if current.strip() and not any(
+        line.startswith("# BEGIN itsup (root: ") for line in current.splitlines()
+    ):
+        # A cron file someone else wrote (/etc/crontab, another package's cron.d
+        # entry): itsup only ever edits files that hold its own blocks.
+        raise ScheduleError(
+            f"{path}: exists and was not written by itsup; left alone, nothing installed",
+            hint="choose a file of its own, e.g. --cron-file /etc/cron.d/itsup, "
+            "or leave out --cron-file to use your crontab",
+        )
     _record(result, path, _write(path, splice_block(current, block.text, root, str(path)), mode))
 
 

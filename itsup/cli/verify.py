@@ -69,8 +69,9 @@ def verify(
     the archive and file index exist with the recorded sizes; the archive
     streams (as a restore reads it, nothing written anywhere) with the
     recorded SHA-256, decrypts, decompresses, and its members are the
-    index's, in order. Exit codes: 0 all passed, 5 a generation failed,
-    6 the target could not be reached.
+    index's, in order. Exit codes: 0 all passed, 4 no key decrypts it,
+    5 a generation failed, 6 the target could not be reached, 10 no
+    complete backup on the target.
     """
     if every and generation:
         raise click.UsageError("give a GENERATION or --all, not both")
@@ -163,8 +164,9 @@ def drill(
     remotes of projects/ and secrets/ and checks them as `snapshot verify`
     does; measures RTO (how long it all took) and RPO (how old the restored
     data is) against backup.monitoring.rto / rpo; writes a JSON report.
-    Exit codes: 0 passed, 1 a target (RTO/RPO) was missed, 5 restored data
-    or git verification failed, 6 the target could not be reached.
+    Exit codes: 0 passed, 1 only a target (RTO/RPO) was missed, 4 no key
+    decrypts it, 5 the drill failed (restored data, git, or the restore
+    itself), 6 the target could not be reached, 10 no complete backup.
     """
     from itsup.actions.drill import run_drill
     from itsup.monitor import monitored
