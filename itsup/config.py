@@ -226,6 +226,10 @@ class BackupConfig(_Strict):
     exclude: list[str] = Field(default_factory=list)
     monitoring: MonitoringConfig = Field(default_factory=MonitoringConfig)
     guard: GuardConfig = Field(default_factory=GuardConfig)
+    # An archive or index without a manifest, left by a run that did not finish,
+    # is deleted by the next backup once it is this old (younger ones may still
+    # be written by another host sharing the prefix by mistake).
+    orphan_grace: Seconds = 3600
 
     @field_validator("target")
     @classmethod

@@ -419,7 +419,7 @@ def test_local_target_keeps_backups_private(tmp_path: Path) -> None:
     itsup(store.root, "backup")
     assert stat.S_IMODE(store.base.stat().st_mode) & 0o077 == 0
     names = store.names()
-    assert "latest.tar.gz" in names and len(names) == 7
+    assert "latest.tar.gz" in names and "latest.json" in names and len(names) == 8
     for name in names:
         mode = stat.S_IMODE((store.base / name).stat().st_mode)
         assert mode & 0o077 == 0, f"{name} is readable by others ({mode:o})"

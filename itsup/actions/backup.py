@@ -13,7 +13,6 @@ restore), then the `latest` alias.
 
 from __future__ import annotations
 
-import hashlib
 import io
 import logging
 import signal
@@ -26,25 +25,22 @@ from types import ModuleType
 from typing import Any
 
 from itsup import __version__
-from itsup.errors import ItsupError, NoBackupError, StorageError
+from itsup.errors import ItsupError
 from itsup.generation import (
-    LATEST,
     Generation,
     archive_suffix,
     generation_name,
     index_suffix,
     location,
-    scan,
-    select_generation,
 )
 from itsup.host import Host
 from itsup.layout import STATE_DIRS
+from itsup.lifecycle import GenerationStore
 from itsup.lock import host_lock
 from itsup.manifest import IndexWriter, Manifest, ObjectRef
 from itsup.pipeline.archive import Problem, Selection, Stats, write_archive
 from itsup.pipeline.compress import ParallelGzipWriter
 from itsup.pipeline.stream import HashingWriter
-from itsup.storage import Target
 
 log = logging.getLogger("itsup.backup")
 MiB = 1024 * 1024
@@ -137,14 +133,6 @@ def check_shrink(
     )
 
 
-def _newest_complete(target: Target, found: list[Generation]) -> Manifest | None:
-    """The manifest of the newest complete generation on the target, the guard's reference."""
-    try:
-        return select_generation(found, None, target).manifest
-    except NoBackupError:
-        return None
-
-
 def _unique_name(found: list[Generation], now: datetime) -> str:
     taken = {g.name for g in found}
     name = generation_name(now)
@@ -215,78 +203,83 @@ def run_backup(
             on_locked()
         started = time.monotonic()
         start_time = now or datetime.now(UTC)
-        stale = target.cleanup_incomplete(prefix)
-        if stale:
-            log.info("discarded %d unfinished upload(s) left by an interrupted run", stale)
-        found = scan(target, prefix, load_manifests=False)
+        store = GenerationStore(target, prefix)
+        store.clean_up(cfg.orphan_grace)  # what killed runs left behind
+        found = store.generations()
         name = _unique_name(found, start_time)
-        reference = _newest_complete(target, found)
-        compression = cfg.compression_settings
+        newest = store.newest_complete(found)
+        guard = _shrink_guard(
+            allow_shrink,
+            newest.manifest if newest else None,
+            cfg.guard.min_ratio,
+            location(target, prefix),
+        )
         recipients = (
             [_age()[1].parse_recipient(r) for r in cfg.encryption.recipients]
             if cfg.encryption
             else []
         )
-        suffix = archive_suffix(compression.codec, bool(recipients))
+        suffix = archive_suffix(cfg.compression_settings.codec, bool(recipients))
         log.info("backup %s started: %s -> %s", name, host.layout.root, target.name)
 
-        # 1. the archive, streamed; visible under its key only once whole
-        def guard(stats: Stats) -> None:
-            if allow_shrink:
-                if not stats.files:  # asked for: an empty generation, said out loud
-                    log.warning("storing a backup that holds no files (--allow-shrink)")
-                return
-            check_shrink(
-                stats,
-                reference,
-                cfg.guard.min_ratio,
-                location(target, prefix),
-                " and ".join(f"{d}/" for d in STATE_DIRS),
-            )
-
+        # 1. the archive, streamed; visible under its key only once whole (and let
+        #    through by the shrink guard)
         index = IndexWriter()
         archive, stats = stream_archive(
-            host, target, f"{prefix}{name}{suffix}", index, recipients, on_bytes, guard
+            host, store, f"{prefix}{name}{suffix}", index, recipients, on_bytes, guard
         )
         # 2. the file index
         index_ref = write_index(
-            target, f"{prefix}{name}{index_suffix(bool(recipients))}", index, recipients
+            store, f"{prefix}{name}{index_suffix(bool(recipients))}", index, recipients
         )
         # 3. the manifest: the commit point of the generation
-        manifest = describe_generation(host, name, start_time, started, archive, index_ref, stats)
-        target.put(f"{prefix}{name}.manifest.json", manifest.to_bytes())
+        store.commit(
+            describe_generation(host, name, start_time, started, archive, index_ref, stats)
+        )
         # 4. the `latest` alias the spec's plain-tools procedures use
-        latest_key = f"{prefix}{LATEST}{suffix}"
-        _update_latest(target, prefix, archive.key, latest_key)
-
-        for problem in stats.problems:
-            log.warning("partial: %s: %s", problem.path, problem.problem)
-        for note in stats.skipped:
-            log.info("note: %s: %s", note.path, note.problem)
-        result = BackupResult(
-            name,
-            target.name,
-            archive.key,
-            archive.size,
-            stats,
-            time.monotonic() - started,
-            latest_key,
-        )
-        log.info(
-            "backup %s finished: %d files, %d bytes stored as %d bytes in %.1f s%s",
-            name,
-            stats.files,
-            stats.bytes,
-            archive.size,
-            result.seconds,
-            " (PARTIAL)" if result.partial else "",
-        )
+        latest_key = store.point_latest(name, archive.key, suffix)
+        result = BackupResult(name, target.name, archive.key, archive.size, stats, 0.0, latest_key)
+        result.seconds = time.monotonic() - started
+        _log_outcome(result)
         return result
+
+
+def _shrink_guard(
+    allow_shrink: bool, reference: Manifest | None, min_ratio: float, where: str
+) -> Callable[[Stats], None]:
+    """The check run between the end of the archive stream and its commit."""
+
+    def guard(stats: Stats) -> None:
+        if allow_shrink:
+            if not stats.files:  # asked for: an empty generation, said out loud
+                log.warning("storing a backup that holds no files (--allow-shrink)")
+            return
+        sources = " and ".join(f"{d}/" for d in STATE_DIRS)
+        check_shrink(stats, reference, min_ratio, where, sources)
+
+    return guard
+
+
+def _log_outcome(result: BackupResult) -> None:
+    stats = result.stats
+    for problem in stats.problems:
+        log.warning("partial: %s: %s", problem.path, problem.problem)
+    for note in stats.skipped:
+        log.info("note: %s: %s", note.path, note.problem)
+    log.info(
+        "backup %s finished: %d files, %d bytes stored as %d bytes in %.1f s%s",
+        result.generation,
+        stats.files,
+        stats.bytes,
+        result.archive_size,
+        result.seconds,
+        " (PARTIAL)" if result.partial else "",
+    )
 
 
 def stream_archive(
     host: Host,
-    target: Target,
+    store: GenerationStore,
     key: str,
     index: IndexWriter,
     recipients: list[Any],
@@ -301,7 +294,7 @@ def stream_archive(
     cfg = host.config.backup
     compression = cfg.compression_settings
     selection = Selection(STATE_DIRS, tuple(cfg.exclude), cfg.include_volumes)
-    writer = target.open_writer(key)
+    writer = store.open_archive(key)
     compressor = None
     try:
         hashed = HashingWriter(writer)
@@ -324,13 +317,14 @@ def stream_archive(
     return ObjectRef(key, size, hashed.sha256.hexdigest()), stats
 
 
-def write_index(target: Target, key: str, index: IndexWriter, recipients: list[Any]) -> ObjectRef:
+def write_index(
+    store: GenerationStore, key: str, index: IndexWriter, recipients: list[Any]
+) -> ObjectRef:
     """Store the file index (encrypted like the archive) and return its reference."""
     data = index.finish()
     if recipients:
         data = _age()[0].encrypt(data, recipients)
-    target.put(key, data)
-    return ObjectRef(key, len(data), hashlib.sha256(data).hexdigest())
+    return store.put_index(key, data)
 
 
 def describe_generation(
@@ -366,20 +360,6 @@ def describe_generation(
         problems=[p.as_dict() for p in stats.problems + stats.skipped],
         tool_version=__version__,
     )
-
-
-def _update_latest(target: Target, prefix: str, archive_key: str, latest_key: str) -> None:
-    """Point `latest` at the new archive; a stale alias of another format is removed."""
-    try:
-        target.copy(archive_key, latest_key)
-    except StorageError as exc:
-        raise StorageError(
-            f"the backup is complete, but {latest_key} could not be updated: {exc.message}"
-        ) from None
-    for other in (".tar.gz", ".tar.gz.age", ".tar", ".tar.age"):
-        key = f"{prefix}{LATEST}{other}"
-        if key != latest_key:
-            target.delete(key)
 
 
 __all__ = ["BackupResult", "Problem", "ShrinkRefused", "check_shrink", "run_backup"]

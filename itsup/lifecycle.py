@@ -1,0 +1,201 @@
+"""The life of a generation on a target: the one place that knows the order of
+its writes and deletes (docs/design.md, "Order of writes").
+
+Writes, by a backup that holds the host lock:
+
+1. the archive, streamed: visible under its key only once whole;
+2. the file index;
+3. the manifest: the commit point; a generation is complete if and only if
+   its manifest exists and parses;
+4. the `latest` alias: a copy of the archive, then `latest.json`, which
+   names the generation it is a copy of.
+
+Deletes, by cleanup now and retention later, go the other way: the manifest
+first (which un-commits the generation: from that instant it is a leftover
+nothing restores), then the index, then the archive, one object at a time
+(some S3-compatible servers refuse bulk deletes). Never deleted: the newest
+complete generation, and the generation `latest` is a copy of.
+
+What failed runs leave behind is removed by the next backup: unfinished
+uploads at once (the host lock says no run of this host is writing), and
+archives or indexes without a manifest once they are older than a grace
+period (another host writing the same prefix by mistake may be between its
+archive and its manifest; a run of this host never is, under the lock).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import time
+from dataclasses import dataclass, field
+
+from itsup.errors import ItsupError, NoBackupError, StorageError
+from itsup.generation import LATEST, Generation, scan, select_generation
+from itsup.manifest import Manifest, ObjectRef
+from itsup.storage.base import ObjectWriter, Target
+
+log = logging.getLogger("itsup.lifecycle")
+# Leftovers younger than this are left alone (see the module docstring).
+DEFAULT_ORPHAN_GRACE = 3600
+LATEST_SUFFIXES = (".tar.gz", ".tar.gz.age", ".tar", ".tar.age")
+POINTER = f"{LATEST}.json"  # {"generation": NAME, "archive": KEY}: what `latest` copies
+
+
+class ProtectedGeneration(ItsupError):
+    """A delete of the newest complete generation, or of the one `latest` copies."""
+
+
+@dataclass
+class Cleanup:
+    """What `clean_up` removed."""
+
+    uploads: int = 0  # unfinished uploads aborted (S3) or partial files removed (local)
+    orphans: list[str] = field(default_factory=list)  # keys of leftover objects deleted
+
+
+class GenerationStore:
+    """The generations under one prefix of one target, written and deleted in order."""
+
+    def __init__(self, target: Target, prefix: str) -> None:
+        self.target = target
+        self.prefix = prefix
+
+    # -- reading --------------------------------------------------------------------
+
+    def generations(self) -> list[Generation]:
+        """Every generation under the prefix, newest first (manifests not yet read)."""
+        return scan(self.target, self.prefix, load_manifests=False)
+
+    def newest_complete(self, found: list[Generation]) -> Generation | None:
+        try:
+            return select_generation(found, None, self.target)
+        except NoBackupError:
+            return None
+
+    def latest_generation(self, found: list[Generation]) -> set[str]:
+        """The generation `latest` is a copy of, from `latest.json`.
+
+        Where there is no readable pointer (a target written before it existed),
+        every generation whose archive has exactly `latest`'s size: a superset,
+        never a miss.
+        """
+        try:
+            pointer = json.loads(self.target.get(f"{self.prefix}{POINTER}"))
+            return {str(pointer["generation"])}
+        except (StorageError, ValueError, TypeError, KeyError):
+            pass
+        sizes = set()
+        for suffix in LATEST_SUFFIXES:
+            try:
+                sizes.add(self.target.stat(f"{self.prefix}{LATEST}{suffix}").size)
+            except StorageError:  # NotFoundError included: no alias of that format
+                continue
+        return {
+            gen.name
+            for gen in found
+            if any(info.size in sizes for s, info in gen.objects.items() if s.startswith("tar"))
+        }
+
+    def protected(self, found: list[Generation]) -> set[str]:
+        """Names of the generations that are never deleted: the newest complete
+        one, and the one `latest` is a copy of."""
+        keep = self.latest_generation(found)
+        newest = self.newest_complete(found)
+        if newest is not None:
+            keep.add(newest.name)
+        return keep
+
+    # -- writing (a backup, in this order) --------------------------------------------
+
+    def open_archive(self, key: str) -> ObjectWriter:
+        """1. The archive, streamed; nothing is visible under `key` until its commit."""
+        return self.target.open_writer(key)
+
+    def put_index(self, key: str, data: bytes) -> ObjectRef:
+        """2. The file index, as it will be stored (encrypted already when asked)."""
+        self.target.put(key, data)
+        return ObjectRef(key, len(data), hashlib.sha256(data).hexdigest())
+
+    def commit(self, manifest: Manifest) -> None:
+        """3. The manifest: from now on the generation is complete."""
+        self.target.put(f"{self.prefix}{manifest.generation}.manifest.json", manifest.to_bytes())
+
+    def point_latest(self, generation: str, archive_key: str, suffix: str) -> str:
+        """4. `latest` becomes a copy of the archive, then `latest.json` names it;
+        an alias of another format goes.
+
+        A run stopped between the copy and the pointer leaves the pointer on the
+        previous generation, which is then kept too: never too little.
+        """
+        latest_key = f"{self.prefix}{LATEST}{suffix}"
+        pointer = json.dumps({"generation": generation, "archive": archive_key}) + "\n"
+        try:
+            self.target.copy(archive_key, latest_key)
+            self.target.put(f"{self.prefix}{POINTER}", pointer.encode())
+        except StorageError as exc:
+            raise StorageError(
+                f"the backup is complete, but {latest_key} could not be updated: {exc.message}"
+            ) from None
+        for other in LATEST_SUFFIXES:
+            key = f"{self.prefix}{LATEST}{other}"
+            if key != latest_key:
+                self.target.delete(key)
+        return latest_key
+
+    # -- deleting -----------------------------------------------------------------------
+
+    def delete_generation(self, gen: Generation, found: list[Generation]) -> list[str]:
+        """Delete one generation, manifest first; return the keys deleted.
+
+        `found` is the current listing (to know what is protected). Refuses
+        (ProtectedGeneration) the newest complete generation and what `latest`
+        copies. A run killed half way leaves an incomplete generation, which the
+        next cleanup removes.
+        """
+        if gen.name in self.protected(found):
+            raise ProtectedGeneration(
+                f"{gen.name} is the newest complete generation or what latest is a copy "
+                "of; it is never deleted"
+            )
+        return self._delete_objects(gen)
+
+    def _delete_objects(self, gen: Generation) -> list[str]:
+        order = sorted(gen.objects, key=_delete_rank)
+        deleted = []
+        for suffix in order:
+            key = f"{self.prefix}{gen.name}.{suffix}"
+            self.target.delete(key)
+            deleted.append(key)
+        return deleted
+
+    def clean_up(self, grace_seconds: float = DEFAULT_ORPHAN_GRACE) -> Cleanup:
+        """Remove what failed runs left: unfinished uploads, then manifest-less
+        archives and indexes older than `grace_seconds`. Call it holding the lock."""
+        done = Cleanup(uploads=self.target.cleanup_incomplete(self.prefix))
+        if done.uploads:
+            log.info("discarded %d unfinished upload(s) left by an interrupted run", done.uploads)
+        cutoff = time.time() - grace_seconds
+        for gen in self.generations():
+            if "manifest.json" in gen.objects or not gen.objects:
+                continue
+            if max(info.modified for info in gen.objects.values()) > cutoff:
+                continue  # perhaps still being written by someone else: wait
+            keys = self._delete_objects(gen)
+            done.orphans += keys
+            log.info(
+                "removed %s, left without a manifest by a run that did not finish: %s",
+                gen.name,
+                ", ".join(k.rpartition("/")[2] for k in keys),
+            )
+        return done
+
+
+def _delete_rank(suffix: str) -> int:
+    """Manifest first (it un-commits the generation), then the index, then the archive."""
+    if suffix == "manifest.json":
+        return 0
+    if suffix.startswith("index"):
+        return 1
+    return 2
