@@ -77,10 +77,6 @@ class LockedError(ItsupError):
     exit_code = ExitCode.LOCKED
 
 
-class Interrupted(ItsupError):
-    exit_code = ExitCode.INTERRUPTED
-
-
 class StaleError(ItsupError):
     """The newest complete backup is older than allowed, or there is none."""
 

@@ -11,6 +11,8 @@ from typing import Any, BinaryIO, Protocol, cast
 
 from isal import isal_zlib
 
+from itsup.errors import IntegrityError, ItsupError
+
 # What a damaged compressed stream raises (isal's stubs call its error class an instance).
 _DECODE_ERRORS = (EOFError, ValueError, OSError, zlib.error, cast(type[Exception], isal_zlib.error))
 
@@ -179,8 +181,6 @@ class GuardedReader(io.RawIOBase):
         return True
 
     def read(self, size: int | None = -1) -> bytes:
-        from itsup.errors import IntegrityError, ItsupError
-
         try:
             return bytes(self.upstream.read(-1 if size is None else size))
         except ItsupError:
