@@ -241,9 +241,18 @@ class Monitor:
         except OSError as exc:
             log.warning("could not save run state to %s: %s", state_file(self.layout), exc)
         monitoring = self.config.backup.monitoring
+        # A run that succeeded prints nothing under cron: a side effect that failed
+        # (a dead webhook, a full metrics disk) is a WARNING in logs/backup.log only
+        # (stderr still, when the host keeps no logs/), or cron would mail the
+        # operator about a backup that worked.
+        quiet = record.result == "success"
         if monitoring.metrics_file and state is not None:
-            _guard("metrics", lambda: _write_metrics(self.layout, monitoring.metrics_file, state))
-        _guard("notifications", lambda: _notify(self.config, record))
+            _guard(
+                "metrics",
+                lambda: _write_metrics(self.layout, monitoring.metrics_file, state),
+                quiet,
+            )
+        _guard("notifications", lambda: _notify(self.config, record, quiet), quiet)
         # Only the backup itself pings: a check's pings would keep the dead-man's
         # switch happy while backups fail, and a run refused by the lock (another
         # backup is still going) must not end that backup's ping.
@@ -253,15 +262,22 @@ class Monitor:
             and record.exit_code != ExitCode.LOCKED
         ):
             kind = "success" if record.result in ("success", "partial") else "fail"
-            _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, kind, record))
+            _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, kind, record), quiet)
 
 
-def _guard(what: str, step: Any) -> None:
-    """Run a side effect; log (never raise) when it fails."""
+def _guard(what: str, step: Any, quiet: bool = False) -> None:
+    """Run a side effect; log (never raise) when it fails; `quiet`: in the log only."""
     try:
         step()
     except Exception as exc:  # a side effect never changes the run's outcome
-        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc, extra=_only_log(quiet))
+
+
+def _only_log(quiet: bool) -> dict[str, Any] | None:
+    """Logging extras keeping a record off stderr, when it is quiet and a log file takes it."""
+    from itsup.log import log_file
+
+    return {"console": False} if quiet and log_file() is not None else None
 
 
 def _write_metrics(layout: Layout, path: str, state: dict[str, Any]) -> None:
@@ -273,7 +289,7 @@ def _write_metrics(layout: Layout, path: str, state: dict[str, Any]) -> None:
     write_metrics(target, state)
 
 
-def _notify(config: Any, record: RunRecord) -> None:
+def _notify(config: Any, record: RunRecord, quiet: bool = False) -> None:
     event = event_of(record)
     if event == "success" and record.action == "check":
         return  # an hourly "still fresh" message would drown the real ones
@@ -285,7 +301,7 @@ def _notify(config: Any, record: RunRecord) -> None:
     title, body = describe(record)
     failures = send([t.url for t in targets], title, body, failed=event_of(record) != "success")
     for failure in failures:
-        log.warning("notification not delivered: %s", failure)
+        log.warning("notification not delivered: %s", failure, extra=_only_log(quiet))
 
 
 def _ping(url: str, kind: str, record: RunRecord | None) -> None:
@@ -308,7 +324,9 @@ def monitored(
     assert action in ACTIONS
     monitoring = config.backup.monitoring
     if monitoring.healthchecks and action == "backup":
-        _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, "start", None))
+        # In the log only: how the run ends is not known yet, and a run that then
+        # succeeds must not make cron mail (a run that fails says so itself).
+        _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, "start", None), True)
     # Started after the ping: a slow ping is not part of the run's duration.
     monitor = Monitor(layout, config, RunRecord(action, time.time(), target=target))
     log_start(monitor.record)
