@@ -24,6 +24,7 @@ from pathlib import Path
 
 import pytest
 from conftest import ITSUP, make_host, run_itsup, s3_config, s3_secrets, write_config
+from gitsops import PROJECTS_FILES, bare_remote, new_age_key, seed_remote, sops_config
 from s3server import S3Server, free_port
 
 from itsup.config import misspelt_section
@@ -176,13 +177,41 @@ def test_an_empty_backup_section_selects_the_local_default(tmp_path: Path, secti
     assert listing.code == 0 and manifest.removesuffix(".manifest.json") in listing.out
 
 
-def test_init_on_a_new_host_does_not_ask_for_the_section(tmp_path: Path) -> None:
-    """init only checks the layout; it opens no target, so it does not need `backup:`."""
-    root = make_host(tmp_path / "host")
-    write_config(root, ITSUP_SETTINGS)
-    res = run_itsup("init", root=root)
-    assert "backup: section is missing" not in res.out + res.err
-    assert res.code != ExitCode.CONFIG, res.err
+def _new_setup(tmp_path: Path, home: Path, itsup_yml: str) -> tuple[Path, Path, Path]:
+    """A brand-new host root with projects/ and secrets/ remotes, itsup.yml as given."""
+    base = tmp_path / "remotes"
+    base.mkdir()
+    key = home / ".config" / "sops" / "age" / "keys.txt"
+    secrets_src = base / "secrets-src"
+    sops_config(secrets_src, new_age_key(key))
+    projects = bare_remote(base, "projects")
+    secrets = bare_remote(base, "secrets")
+    seed_remote(projects, {**PROJECTS_FILES, "itsup.yml": itsup_yml}, base / "seed-projects")
+    seed_remote(secrets, {".sops.yaml": (secrets_src / ".sops.yaml").read_text()}, base / "s")
+    root = tmp_path / "host"
+    root.mkdir()
+    return root, projects, secrets
+
+
+def test_init_on_a_new_setup_does_not_need_the_section(tmp_path: Path, isolated_home: Path) -> None:
+    """init checks itsup.yml but opens no target: a file with itsUP's keys only is fine."""
+    root, projects, secrets = _new_setup(tmp_path, isolated_home, ITSUP_SETTINGS)
+    res = run_itsup("init", "--projects-url", projects, "--secrets-url", secrets, root=root)
+    assert res.code == 0, res.out + res.err
+    assert "projects/itsup.yml: present and valid" in res.out
+    # The first backup is where the section is needed.
+    backup = run_itsup("backup", root=root)
+    assert backup.code == ExitCode.CONFIG and "`backup: {}`" in backup.err
+    nothing_backed_up(root)
+
+
+def test_init_reports_a_misspelt_section(tmp_path: Path, isolated_home: Path) -> None:
+    text = ITSUP_SETTINGS + "Backup:\n  include_volumes: true\n"
+    root, projects, secrets = _new_setup(tmp_path, isolated_home, text)
+    res = run_itsup("init", "--projects-url", projects, "--secrets-url", secrets, root=root)
+    assert res.code == ExitCode.CONFIG, res.out + res.err
+    line = ITSUP_SETTINGS.count("\n") + 1
+    assert f"projects/itsup.yml:{line}: Backup: unknown section (did you mean 'backup'?)" in res.err
 
 
 # -- 2. cron sees every failure in the log -----------------------------------------------
