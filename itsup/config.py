@@ -82,13 +82,32 @@ def _recipient(value: str) -> str:
     return value
 
 
+def _prefix(value: str) -> str:
+    """A key prefix names a folder: `itsup` means `itsup/` (never objects named `itsupbackup-...`).
+
+    An empty prefix stays empty: the objects go to the bucket's (or folder's) root.
+    """
+    if value.startswith("/"):
+        raise ValueError(
+            "must be a relative key prefix: write it without the leading '/', e.g. 'itsup/'"
+        )
+    if ".." in value.split("/"):
+        raise ValueError("must be a relative key prefix without '..', e.g. 'itsup/'")
+    if value and not value.endswith("/"):
+        value += "/"
+    return value
+
+
+Prefix = Annotated[str, AfterValidator(_prefix)]
+
+
 class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
 class S3Config(_Strict):
     bucket: str = Field(min_length=1)
-    prefix: str = "itsup/"
+    prefix: Prefix = "itsup/"
     region: str = "us-east-1"
     endpoint: str | None = None
     access_key_id: SecretStr | None = None
@@ -113,17 +132,10 @@ class S3Config(_Strict):
             raise ValueError("must be a URL such as https://s3.example.com")
         return value
 
-    @field_validator("prefix")
-    @classmethod
-    def _prefix_shape(cls, value: str) -> str:
-        if value.startswith("/") or ".." in value.split("/"):
-            raise ValueError("must be a relative key prefix such as 'itsup/'")
-        return value
-
 
 class LocalConfig(_Strict):
     path: str = Field(min_length=1)
-    prefix: str = "itsup/"
+    prefix: Prefix = "itsup/"
 
 
 class CompressionConfig(_Strict):
@@ -254,6 +266,17 @@ class ItsupConfig(BaseModel):
     notify: list[Annotated[NotifyTarget, BeforeValidator(_notify_item)]] = Field(
         default_factory=list
     )
+
+    @property
+    def backup_given(self) -> bool:
+        """Whether itsup.yml has a `backup:` section at all.
+
+        Without one, itsup does not know where backups go: a command that opens
+        a target refuses (`Host.target`) rather than quietly using the local
+        default. `backup: {}`, and `backup:` with nothing under it, count as
+        given: they select the local default explicitly.
+        """
+        return "backup" in self.model_fields_set
 
 
 # -- step 1: read files ---------------------------------------------------------
@@ -471,6 +494,64 @@ def expand(
 # -- step 4: validate and report ------------------------------------------------
 
 
+def edit_distance(a: str, b: str, limit: int) -> int:
+    """Damerau-Levenshtein distance (optimal string alignment) of a and b; `limit + 1`
+    as soon as it is known to be larger than `limit` (a 1 MB key costs nothing)."""
+    if abs(len(a) - len(b)) > limit:
+        return limit + 1
+    before: list[int] = []
+    row = list(range(len(b) + 1))
+    for i in range(1, len(a) + 1):
+        current = [i] + [0] * len(b)
+        for j in range(1, len(b) + 1):
+            cost = 0 if a[i - 1] == b[j - 1] else 1
+            current[j] = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + cost)
+            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
+                current[j] = min(current[j], before[j - 2] + 1)
+        if min(current) > limit:
+            return limit + 1
+        before, row = row, current
+    return min(row[-1], limit + 1)
+
+
+def misspelt_section(key: object) -> str | None:
+    """The section of itsup's own a top-level key was probably meant to be.
+
+    Other tools keep their settings in itsup.yml too (itsUP: `router_ip`,
+    `traefik`, `backend`, ...), so unknown top-level keys are allowed; but one
+    that differs from `backup` or `notify` only by case or by a small edit
+    (`Backup`, `bakup`, `backups`, `backpu`, `notfy`) would silently leave the
+    section out: Damerau-Levenshtein distance up to 2 for keys of 5 characters
+    or more, up to 1 for shorter ones, after case-folding.
+    """
+    if not isinstance(key, str) or key in OWN_SECTIONS:
+        return None
+    folded = key.casefold()
+    limit = 2 if len(folded) >= 5 else 1
+    for section in OWN_SECTIONS:
+        if edit_distance(folded, section, limit) <= limit:
+            return section
+    return None
+
+
+def _misspelt_sections(
+    data: dict[Any, Any], source: str, lines: dict[Path_, int]
+) -> list[tuple[int, str]]:
+    found = []
+    for key in data:
+        section = misspelt_section(key)
+        if section is not None:
+            line = lines.get((str(key),), 0)
+            found.append(
+                (
+                    line,
+                    f"{source}:{line}: {_dotted((str(key),))}: unknown section "
+                    f"(did you mean '{section}'?)",
+                )
+            )
+    return found
+
+
 def _describe(error: Any, loc: Path_) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
@@ -645,9 +726,13 @@ def _load(
                 f"{layout.shared_secrets.relative_to(layout.root)} or the environment",
             )
         )
+    problems += _misspelt_sections(data, source, lines)
     merged = {**data, **expanded}
+    # `backup:` with nothing under it is the section given empty (`backup: {}`):
+    # the local default, chosen explicitly. A missing section stays missing, so
+    # that `ItsupConfig.backup_given` can tell the two apart.
     for section, empty in (("backup", {}), ("notify", [])):
-        if merged.get(section) is None:
+        if section in merged and merged[section] is None:
             merged[section] = empty
     try:
         config = ItsupConfig.model_validate(merged)
@@ -657,5 +742,12 @@ def _load(
         problems += _report(exc, merged, source, lines, skip, hidden)
     if problems:
         ordered = sorted(problems, key=lambda p: p[0])  # stable: file order
-        raise ConfigError([text for _, text in ordered])
+        hint = None
+        if any(misspelt_section(key) for key in data):
+            hint = (
+                "itsup reads only the backup: and notify: sections and leaves other "
+                "top-level keys to other tools; a key this close to one of its own is "
+                "taken for a typo"
+            )
+        raise ConfigError([text for _, text in ordered], hint=hint)
     return config

@@ -246,7 +246,11 @@ class Monitor:
         """
         monitoring = self.config.backup.monitoring
         if monitoring.healthchecks and self.record.action == "backup":
-            _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, "start", None))
+            # In the log only: how the run ends is not known yet, and a run that then
+            # succeeds must not make cron mail (a run that fails says so itself).
+            _guard(
+                "healthchecks ping", lambda: _ping(monitoring.healthchecks, "start", None), True
+            )
 
     def finish(self, code: int, message: str | None = None) -> None:
         record = self.record
@@ -261,29 +265,45 @@ class Monitor:
         if record.result == "locked":
             # The run never started: the run holding the lock records its own
             # outcome and pings. Only those who asked for `locked` hear of it.
-            _guard("notifications", lambda: _notify(self.config, record))
+            _guard("notifications", lambda: _notify(self.config, record, True), True)
             return
         state: dict[str, Any] | None = None
         try:
             state = _save_state(self.layout, record)
         except OSError as exc:
             log.warning("could not save run state to %s: %s", state_file(self.layout), exc)
+        # A run that succeeded prints nothing under cron: a side effect that failed
+        # (a dead webhook, a full metrics disk) is a WARNING in logs/backup.log only
+        # (stderr still, when the host keeps no logs/), or cron would mail the
+        # operator about a backup that worked.
+        quiet = record.result == "success"
         if monitoring.metrics_file and state is not None:
-            _guard("metrics", lambda: _write_metrics(self.layout, monitoring.metrics_file, state))
-        _guard("notifications", lambda: _notify(self.config, record))
+            _guard(
+                "metrics",
+                lambda: _write_metrics(self.layout, monitoring.metrics_file, state),
+                quiet,
+            )
+        _guard("notifications", lambda: _notify(self.config, record, quiet), quiet)
         # Only the backup itself pings: a check's pings would keep the dead-man's
         # switch happy while backups fail.
         if monitoring.healthchecks and record.action == "backup":
             kind = "success" if record.result in ("success", "partial") else "fail"
-            _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, kind, record))
+            _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, kind, record), quiet)
 
 
-def _guard(what: str, step: Any) -> None:
-    """Run a side effect; log (never raise) when it fails."""
+def _guard(what: str, step: Any, quiet: bool = False) -> None:
+    """Run a side effect; log (never raise) when it fails; `quiet`: in the log only."""
     try:
         step()
     except Exception as exc:  # a side effect never changes the run's outcome
-        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc)
+        log.warning("%s failed: %s: %s", what, type(exc).__name__, exc, extra=_only_log(quiet))
+
+
+def _only_log(quiet: bool) -> dict[str, Any] | None:
+    """Logging extras keeping a record off stderr, when it is quiet and a log file takes it."""
+    from itsup.log import log_file
+
+    return {"console": False} if quiet and log_file() is not None else None
 
 
 def _write_metrics(layout: Layout, path: str, state: dict[str, Any]) -> None:
@@ -295,7 +315,7 @@ def _write_metrics(layout: Layout, path: str, state: dict[str, Any]) -> None:
     write_metrics(target, state)
 
 
-def _notify(config: Any, record: RunRecord) -> None:
+def _notify(config: Any, record: RunRecord, quiet: bool = False) -> None:
     event = event_of(record)
     if event == "success" and record.action == "check":
         return  # an hourly "still fresh" message would drown the real ones
@@ -307,7 +327,7 @@ def _notify(config: Any, record: RunRecord) -> None:
     title, body = describe(record)
     failures = send([t.url for t in targets], title, body, failed=event_of(record) != "success")
     for failure in failures:
-        log.warning("notification not delivered: %s", failure)
+        log.warning("notification not delivered: %s", failure, extra=_only_log(quiet))
 
 
 def _ping(url: str, kind: str, record: RunRecord | None) -> None:

@@ -111,12 +111,14 @@ def test_drill_passes_and_leaves_the_host_alone(new_host: HostFactory, scratch: 
     before = tree_state(root, ALL)
 
     res = drill(root, scratch)
-    assert "PASSED" in res.out and gen in res.out
+    # Off a terminal (cron), one line; the table comes with -v or on a terminal.
+    [line] = res.out.splitlines()
+    assert line.startswith(f"drill of {gen} passed: ") and "RTO " in line and "RPO " in line
     assert tree_state(root, ALL) == before, "the drill changed the live host tree"
     assert list(scratch.iterdir()) == [], "the scratch root was left behind"
 
     [path] = reports(root)
-    assert str(path) in res.out
+    assert line.endswith(f"(report: {path.relative_to(root)})")
     report = load(path)
     assert report["ok"] is True and report["exit_code"] == 0 and report["error"] is None
     assert report["generation"] == gen
@@ -142,9 +144,15 @@ def test_drill_passes_and_leaves_the_host_alone(new_host: HostFactory, scratch: 
     # --keep leaves the restored root (identical to the live tree), --report puts
     # the report elsewhere, --no-git skips the remotes.
     elsewhere = scratch.parent / "reports" / "drill.json"
-    drill(root, scratch, "--keep", "--no-git", "--report", str(elsewhere))
+    res = itsup(
+        root,
+        *("-v", "backup", "drill", "--keep", "--no-git", "--report", str(elsewhere)),
+        env={"TMPDIR": str(scratch)},
+    )
+    assert "PASSED" in res.out and gen in res.out and f"report: {elsewhere}" in res.out
     report = load(elsewhere)
     kept = Path(report["workdir"])
+    assert f"restored tree kept in {kept}" in res.out
     assert kept.parent == scratch and kept.is_dir()
     assert tree_state(kept) == tree_state(root)
     assert statuses(report)["git"]["detail"] == "not asked for (--no-git)"

@@ -546,8 +546,9 @@ def bomb_doc(where: str) -> str:
 
 CLI_CASES: dict[str, tuple[bytes | str, int]] = {
     # name: (itsup.yml content, expected exit code)
-    "empty file": ("", 0),
-    "only a comment": ("# nothing here yet\n", 0),
+    # No backup section: itsup does not guess where backups go (exit 4, one line and a hint).
+    "empty file": ("", 4),
+    "only a comment": ("# nothing here yet\n", 4),
     "binary garbage": (bytes(range(256)) * 16, 4),
     "latin-1 byte in a value": (b"backup:\n  exclude: ['caf\xe9']\n", 4),
     "UTF-16 with a BOM": ("backup: {}\n".encode("utf-16"), 4),

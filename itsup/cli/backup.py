@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING
 import click
 from rich.table import Table
 
-from itsup.cli.output import byte_progress, err, human_bytes, interactive, out
+from itsup.cli.output import byte_progress, human_bytes, interactive, notice, out
 from itsup.errors import ExitCode
 from itsup.host import Host
 
@@ -24,12 +24,16 @@ TARGET = click.option(
 
 
 def _host(ctx: click.Context) -> Host:
-    from itsup.host import open_host
+    from itsup.host import load_host
+    from itsup.layout import find_root
     from itsup.log import log_to_host
 
-    host = open_host(ctx.obj["root"])
-    log_to_host(host.layout)
-    return host
+    # The log first: a run that fails on its configuration (broken YAML, a
+    # misspelt section, a missing placeholder) must still leave its ERROR
+    # record in logs/backup.log, where cron's operator looks.
+    layout = find_root(ctx.obj["root"])
+    log_to_host(layout)
+    return load_host(layout)
 
 
 def _source_size(host: Host) -> int:
@@ -114,16 +118,15 @@ def _report_backup(ctx: click.Context, result: BackupResult, show: bool) -> None
             f"({result.target}/{result.archive_key})",
             markup=False,
         )
-    if result.partial:
-        err.print(
+    if result.partial:  # each path is also a WARNING record in logs/backup.log
+        notice(
             f"itsup: warning: {result.generation} is PARTIAL: {len(s.problems)} path(s) could "
-            "not be read completely:",
-            markup=False,
+            "not be read completely:"
         )
         for problem in s.problems[:20]:
-            err.print(f"  {problem.path}: {problem.problem}", markup=False)
+            notice(f"  {problem.path}: {problem.problem}")
         if len(s.problems) > 20:
-            err.print(f"  ... and {len(s.problems) - 20} more (see the manifest)", markup=False)
+            notice(f"  ... and {len(s.problems) - 20} more (see the manifest)")
 
 
 @backup.command("list")

@@ -10,7 +10,7 @@ from typing import Any
 import click
 
 from itsup import __version__
-from itsup.cli.output import err
+from itsup.cli.output import notice
 from itsup.errors import ConfigError, ExitCode, ItsupError
 from itsup.log import configure
 
@@ -73,21 +73,34 @@ def _on_signal(signum: int, _frame: Any) -> None:
 
 
 def _report(exc: ItsupError) -> None:
+    """The error on stderr, as copies of the log record (see `notice`)."""
     if isinstance(exc, ConfigError) and len(exc.problems) > 1:
-        err.print(f"itsup: error: {len(exc.problems)} problems in configuration:", markup=False)
+        notice(f"itsup: error: {len(exc.problems)} problems in configuration:")
         for problem in exc.problems:
-            err.print(f"  {problem}", markup=False)
+            notice(f"  {problem}")
     else:
-        err.print(f"itsup: error: {exc.message}", markup=False)
+        notice(f"itsup: error: {exc.message}")
     if exc.hint:
-        err.print(f"itsup: hint: {exc.hint}", markup=False)
+        notice(f"itsup: hint: {exc.hint}")
 
 
 def _interrupted(exc: KeyboardInterrupt) -> int:
     how = str(exc) or "interrupted"
     logging.getLogger("itsup").error("%s (exit 130)", how, extra={"console": False})
-    err.print(f"itsup: {how}; nothing half-written is offered for restore", markup=False)
+    notice(f"itsup: {how}; nothing half-written is offered for restore")
     return ExitCode.INTERRUPTED
+
+
+def _stopped_by_signal(exc: click.exceptions.Abort) -> KeyboardInterrupt | None:
+    """The Ctrl-C or SIGTERM behind an Abort, if that is what it was.
+
+    click wraps one raised in the command as the Abort's cause; one that came
+    while a prompt waited is only its context (`raise Abort() from None`).
+    """
+    for inner in (exc.__cause__, exc.__context__):
+        if isinstance(inner, KeyboardInterrupt):
+            return inner
+    return None
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -95,10 +108,14 @@ def main(argv: list[str] | None = None) -> int:
     try:
         result = cli.main(args=argv, prog_name="itsup", standalone_mode=False)
     except click.exceptions.Abort as exc:
-        if isinstance(exc.__cause__, KeyboardInterrupt):  # click wraps Ctrl-C and SIGTERM
-            return _interrupted(exc.__cause__)
-        err.print("itsup: aborted", markup=False)
-        return ExitCode.INTERRUPTED
+        stopped = _stopped_by_signal(exc)
+        if stopped is not None:
+            return _interrupted(stopped)
+        # "no" at a prompt (or its input closed): the operator declined, nothing
+        # was done. A failure to do what was asked, not an interrupt.
+        logging.getLogger("itsup").error("aborted at a prompt (exit 1)", extra={"console": False})
+        notice("itsup: aborted")
+        return ExitCode.FAILURE
     except click.ClickException as exc:
         exc.show()
         return ExitCode.USAGE
@@ -107,10 +124,18 @@ def main(argv: list[str] | None = None) -> int:
     except ItsupError as exc:
         # Goes to logs/backup.log (the spec monitors it for errors); the console
         # line comes from _report, so the console handler is skipped here.
-        # A run refused by the lock is not a failure: the run holding it reports.
+        # The hint goes into the record too: under cron's redirect the record is
+        # all that is written (see itsup.log). A run refused by the lock is not a
+        # failure: the run holding it reports.
+        hint = f"; hint: {exc.hint}" if exc.hint else ""
         level = logging.WARNING if exc.exit_code == ExitCode.LOCKED else logging.ERROR
         logging.getLogger("itsup").log(
-            level, "%s (exit %d)", exc.message, int(exc.exit_code), extra={"console": False}
+            level,
+            "%s (exit %d)%s",
+            exc.message,
+            int(exc.exit_code),
+            hint,
+            extra={"console": False},
         )
         _report(exc)
         return int(exc.exit_code)
@@ -120,11 +145,10 @@ def main(argv: list[str] | None = None) -> int:
         return ExitCode.FAILURE
     except Exception as exc:  # the last line of defence: no tracebacks for operators
         logging.getLogger("itsup").exception("internal error", extra={"console": False})
-        err.print(f"itsup: internal error: {type(exc).__name__}: {exc}", markup=False)
-        err.print(
+        notice(f"itsup: internal error: {type(exc).__name__}: {exc}")
+        notice(
             "itsup: hint: this is a bug in itsup; the details are in logs/backup.log "
-            "(or run with -v)",
-            markup=False,
+            "(or run with -v)"
         )
         return ExitCode.FAILURE
     return int(result) if isinstance(result, int) else ExitCode.SUCCESS

@@ -21,6 +21,18 @@ out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty()
 err = Console(stderr=True, highlight=False, soft_wrap=True)
 
 
+def notice(text: str) -> None:
+    """A line on stderr that repeats what a log record already says.
+
+    Left out when stderr is logs/backup.log itself (cron's `>> logs/backup.log
+    2>&1`): the timestamped record is there, and the copy would double it.
+    """
+    from itsup.log import stderr_is_log
+
+    if not stderr_is_log():
+        err.print(text, markup=False)
+
+
 def human_bytes(n: int | None) -> str:
     if n is None:
         return "-"

@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 import click
 
 from itsup.cli.backup import TARGET, _host
-from itsup.cli.output import byte_progress, err, human_bytes, interactive, out
+from itsup.cli.output import byte_progress, human_bytes, interactive, notice, out
 from itsup.errors import IntegrityError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
@@ -106,10 +106,9 @@ def restore(
 
     def skip(exc: GenerationDamaged) -> None:
         skipped.append(exc)
-        err.print(
+        notice(
             f"itsup: warning: skipped {exc.generation}: {_why(exc)}; trying the next "
-            "older complete generation (--fallback)",
-            markup=False,
+            "older complete generation (--fallback)"
         )
         log.warning("--fallback: skipped %s: %s", exc.generation, exc.message, extra=QUIET)
 
@@ -189,9 +188,8 @@ def _report_fallback(skipped: list[GenerationDamaged], generation: str, done: st
     if not skipped:
         return
     names = ", ".join(s.generation for s in skipped)
-    err.print(
+    notice(
         f"itsup: warning: {done} {generation}, an older generation: skipped {names} "
-        "(damaged) because of --fallback",
-        markup=False,
+        "(damaged) because of --fallback"
     )
     log.warning("--fallback: %s %s; skipped %s", done, generation, names, extra=QUIET)

@@ -36,7 +36,7 @@ def _config_problem(root: str | None) -> str | None:
     from itsup.host import open_host
 
     try:
-        open_host(root)
+        open_host(root).require_backup_section()
     except ItsupError as exc:
         return exc.message.splitlines()[0]
     return None

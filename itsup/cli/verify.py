@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -11,7 +12,7 @@ from rich.table import Table
 from rich.text import Text
 
 from itsup.cli.backup import TARGET, _host
-from itsup.cli.output import err, human_bytes, out
+from itsup.cli.output import human_bytes, notice, out
 from itsup.errors import ExitCode
 
 if TYPE_CHECKING:
@@ -191,7 +192,12 @@ def drill(
             "rpo_target": result.rpo_target,
             "report": result.report,
         }
-        _show_drill(result)
+        if sys.stdout.isatty() or ctx.obj["verbose"]:
+            _show_drill(result)
+        else:
+            out.print(drill_summary(result, host.layout.root), markup=False)
+        if result.report_problem:
+            notice(f"itsup: warning: {result.report_problem}")
         if result.error is not None:
             raise result.error
         record.exit_code = ExitCode.SUCCESS
@@ -229,5 +235,35 @@ def _show_drill(result: DrillResult) -> None:
         out.print(f"restored tree kept in {result.workdir}", markup=False)
     if result.report:
         out.print(f"report: {result.report}", markup=False)
-    if result.report_problem:
-        err.print(f"itsup: warning: {result.report_problem}", markup=False)
+
+
+def drill_summary(result: DrillResult, root: Path) -> str:
+    """The drill in one line, for cron's log and mail (the table is for terminals and -v)."""
+    extras = []
+    if result.report:
+        report = Path(result.report)
+        extras.append(
+            f"report: {report.relative_to(root) if report.is_relative_to(root) else report}"
+        )
+    if result.workdir:
+        extras.append(f"restored tree kept in {result.workdir}")
+    tail = f" ({'; '.join(extras)})" if extras else ""
+    if result.ok:
+        counts: dict[str, int] = {}
+        for c in result.checks:
+            counts[c.status] = counts.get(c.status, 0) + 1
+        checks = f"{counts.pop('ok', 0)} checks ok" + "".join(
+            f", {n} {status}" for status, n in sorted(counts.items())
+        )
+        return (
+            f"drill of {result.generation} passed: {checks}, "
+            f"RTO {_brief(result.rto_seconds)}, RPO {_brief(result.rpo_seconds)}{tail}"
+        )
+    first = next((f"{c.item}: {c.detail}".splitlines()[0] for c in result.failed), None)
+    if first is None:
+        first = result.error.message.splitlines()[0] if result.error else "unknown"
+    return f"drill of {result.generation} FAILED: {first}{tail}"
+
+
+def _brief(value: float | None) -> str:
+    return "-" if value is None else f"{value:.1f} s"
