@@ -248,9 +248,7 @@ class Monitor:
         if monitoring.healthchecks and self.record.action == "backup":
             # In the log only: how the run ends is not known yet, and a run that then
             # succeeds must not make cron mail (a run that fails says so itself).
-            _guard(
-                "healthchecks ping", lambda: _ping(monitoring.healthchecks, "start", None), True
-            )
+            _guard("healthchecks ping", lambda: _ping(monitoring.healthchecks, "start", None), True)
 
     def finish(self, code: int, message: str | None = None) -> None:
         record = self.record
