@@ -1,8 +1,8 @@
-"""One backup at a time per host root.
+"""One backup or restore into the live tree at a time per host root.
 
 An flock on `<root>/.itsup-backup.lock`: the kernel drops it when its holder
 dies, so a lock left by a killed run is never stale. The file records the
-holder's PID and start time for the message a second run prints.
+holder's operation, PID and start time for the message a second run prints.
 """
 
 from __future__ import annotations
@@ -19,7 +19,8 @@ from itsup.errors import LockedError
 
 
 @contextlib.contextmanager
-def host_lock(path: Path) -> Iterator[None]:
+def host_lock(path: Path, operation: str = "backup") -> Iterator[None]:
+    """Hold the host lock for `operation` ("backup", "restore"); LockedError if taken."""
     fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
     try:
         try:
@@ -27,13 +28,14 @@ def host_lock(path: Path) -> Iterator[None]:
         except BlockingIOError:
             holder = os.pread(fd, 200, 0).decode(errors="replace").strip() or "another process"
             raise LockedError(
-                f"another itsup backup is running for this host root ({holder}; lock {path})",
+                f"another itsup backup or restore is running for this host root "
+                f"({holder}; lock {path})",
                 hint="wait for it to finish; the lock is released automatically when it exits",
             ) from None
         os.ftruncate(fd, 0)
         os.pwrite(
             fd,
-            f"pid {os.getpid()} on {socket.gethostname()} since "
+            f"{operation} pid {os.getpid()} on {socket.gethostname()} since "
             f"{time.strftime('%Y-%m-%dT%H:%M:%SZ', time.gmtime())}\n".encode(),
             0,
         )

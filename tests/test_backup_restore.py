@@ -70,7 +70,7 @@ def test_round_trip_into_empty_folder(new_host: HostFactory, tmp_path: Path) -> 
     assert "upstream/app/volumes/data/db.bin" in members  # include_volumes: true
 
     out = tmp_path / "out"
-    itsup(root, "restore", "--to", out)
+    itsup(root, "restore", "all", "--to", out)
     assert sorted(os.listdir(out)) == ["proxy", "upstream"]
     assert tree_state(out) == before
     assert stat.S_IMODE(os.stat(out / ACME).st_mode) == 0o600
@@ -152,7 +152,7 @@ def test_sparse_file_over_8_gib_round_trips(tmp_path: Path) -> None:
     recorded = read_index(store, gen["name"])["upstream/app/volumes/data/disk.img"]
 
     out = tmp_path / "out"
-    itsup(root, "restore", "--to", out, timeout=900)
+    itsup(root, "restore", "all", "--to", out, timeout=900)
     copy = out / "upstream/app/volumes/data/disk.img"
     st = os.stat(copy)
     assert st.st_size == size
@@ -267,7 +267,7 @@ def test_dry_run_lists_changes_and_writes_nothing(new_host: HostFactory, tmp_pat
     assert leftovers(root) == []
 
     fresh = tmp_path / "not-yet"
-    res = itsup(root, "restore", "--dry-run", "--to", fresh)
+    res = itsup(root, "restore", "all", "--dry-run", "--to", fresh)
     assert f"+ {ACME}" in res.out.splitlines()
     assert not fresh.exists()
 
@@ -359,7 +359,9 @@ def test_restore_from_an_older_generation(new_host: HostFactory, tmp_path: Path)
     itsup(root, "restore", "--path", ACME, "--from", newest, "--to", tmp_path / "named")
     assert (tmp_path / "named" / ACME).read_text() == '{"v": 2}\n'
 
-    res = itsup(root, "restore", "--from", "backup-1999-01-01-000000", expect=ExitCode.FAILURE)
+    res = itsup(
+        root, "restore", "all", "--from", "backup-1999-01-01-000000", expect=ExitCode.FAILURE
+    )
     assert "backup-1999-01-01-000000" in res.err
 
 

@@ -94,7 +94,7 @@ def test_restore_clears_staging_left_by_a_killed_restore(tmp_path: Path) -> None
     (stale / "proxy").mkdir(parents=True)
     running = dest / f".itsup-restore-{os.getpid()}-00c0ffee"  # its owner is alive: kept
     running.mkdir()
-    itsup(store.root, "restore", "--to", dest)
+    itsup(store.root, "restore", "all", "--to", dest)
     assert not stale.exists()
     assert running.exists()
     assert (dest / "proxy/traefik/acme.json").exists()

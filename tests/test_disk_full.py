@@ -128,7 +128,7 @@ def test_full_local_target_mid_archive_then_space_freed(tmp_path: Path, small_fs
     rows = generations(root)
     assert [g["status"] for g in rows] == ["complete", "complete"]
     out = tmp_path / "check"
-    itsup(root, "restore", "--to", out)
+    itsup(root, "restore", "all", "--to", out)
     assert tree_state(out) == tree_state(root)
     record(
         "disk",

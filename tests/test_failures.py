@@ -168,7 +168,7 @@ def test_damaged_archive_is_refused(new_host: HostFactory, how: str, tmp_path: P
         assert leftovers(root) == []
 
     out = tmp_path / "elsewhere"
-    itsup(root, "restore", "--to", out, expect=ExitCode.DAMAGED)
+    itsup(root, "restore", "all", "--to", out, expect=ExitCode.DAMAGED)
     assert not out.exists() or not [p for p in out.rglob("*") if not p.is_dir()]
 
 
@@ -187,7 +187,7 @@ def test_bit_rot_anywhere_is_refused(tmp_path: Path) -> None:
         path.unlink()  # not through the hard link `latest` shares
         path.write_bytes(flip(good, at))
         out = tmp_path / f"out-{at}"
-        res = itsup(root, "restore", "--to", out, expect=ExitCode.DAMAGED)
+        res = itsup(root, "restore", "all", "--to", out, expect=ExitCode.DAMAGED)
         assert res.err.startswith("itsup: error:"), f"damage at {at}"
         assert not out.exists() or not [p for p in out.rglob("*") if not p.is_dir()]
 
@@ -213,7 +213,7 @@ def test_generation_without_manifest_is_never_chosen(new_host: HostFactory, tmp_
     assert (tmp_path / "default" / ACME).read_text() == '{"v": 1}\n'
 
     for name in (middle, newest):
-        res = run_itsup("restore", "--from", name, "--to", tmp_path / "named", root=root)
+        res = run_itsup("restore", "all", "--from", name, "--to", tmp_path / "named", root=root)
         assert res.code in (ExitCode.FAILURE, ExitCode.DAMAGED), res.err
         assert name in res.err and "not complete" in res.err
         no_traceback(res.err)
@@ -317,7 +317,7 @@ def test_lock_held_second_backup_exits_11(tmp_path: Path) -> None:
         started = time.monotonic()
         res = itsup(root, "backup", expect=ExitCode.LOCKED)
         assert time.monotonic() - started < 15
-        assert "another itsup backup is running" in res.err
+        assert "another itsup backup or restore is running" in res.err
         assert store.names() == [], "a locked-out run must not write anything"
     finally:
         os.close(fd)
@@ -363,8 +363,8 @@ def test_running_backup_holds_the_lock(tmp_path: Path, blackhole: int) -> None:
     started = time.monotonic()
     res = itsup(root, "backup", expect=ExitCode.LOCKED)
     assert time.monotonic() - started < 15, "a locked-out run must fail fast"
-    assert "another itsup backup is running" in res.err
-    assert f"pid {first.pid}" in res.err
+    assert "another itsup backup or restore is running" in res.err
+    assert f"backup pid {first.pid}" in res.err
 
     # The stuck run (waiting on storage that never answers) stops cleanly on SIGTERM.
     first.send_signal(signal.SIGTERM)
@@ -379,7 +379,10 @@ def test_unreachable_storage_exits_6(tmp_path: Path) -> None:
         port = s.getsockname()[1]
     root = tmp_path / "host"
     s3_host(root, f"http://127.0.0.1:{port}")
-    commands = [["backup"], ["backup", "list"], ["restore", "all", "--yes"]]
+    # A restore into the host root and a backup exclude each other (the host lock):
+    # this one restores elsewhere, so the three can run side by side.
+    restore = ["restore", "all", "--yes", "--to", str(tmp_path / "out")]
+    commands = [["backup"], ["backup", "list"], restore]
     # Each retries with backoff before giving up: run them side by side.
     procs = [start_itsup(root, *args) for args in commands]
     for args, proc in zip(commands, procs, strict=True):
@@ -447,7 +450,7 @@ def test_unreadable_paths_make_a_partial_backup(tmp_path: Path) -> None:
 
     # A partial generation is complete as a generation: it restores what it holds.
     out = tmp_path / "out"
-    itsup(root, "restore", "--to", out)
+    itsup(root, "restore", "all", "--to", out)
     assert (out / ACME).read_bytes() == (root / ACME).read_bytes()
     assert not (out / "upstream/app/volumes/data/locked.bin").exists()
     assert (out / "upstream/app/volumes/data/db.bin").exists()
@@ -475,14 +478,14 @@ def test_special_files_are_noted_not_partial(tmp_path: Path) -> None:
     assert "proxy/traefik/events.fifo" not in index and "upstream/app/app.sock" not in index
 
     out = tmp_path / "out"
-    itsup(root, "restore", "--to", out)
+    itsup(root, "restore", "all", "--to", out)
     assert (out / ACME).exists() and not (out / "proxy/traefik/events.fifo").exists()
 
 
-def test_symlinks_out_of_the_tree_are_kept_and_restored_only_when_allowed(tmp_path: Path) -> None:
+def test_symlinks_out_of_the_tree_are_kept_and_restored_as_links(tmp_path: Path) -> None:
     # Volumes hold absolute links (localtime -> /usr/share/zoneinfo/...): they are
-    # part of the state and are stored. A restore refuses links that point out of
-    # the destination unless the operator allows them, and says how.
+    # part of the state and are stored. A restore creates them as links (never
+    # followed) and names them; --refuse-external-links refuses them instead.
     store = setup_host(tmp_path / "host", "local", None, "")
     root = store.root
     (root / "upstream/app/localtime").symlink_to("/etc/localtime")
@@ -494,11 +497,16 @@ def test_symlinks_out_of_the_tree_are_kept_and_restored_only_when_allowed(tmp_pa
     assert gen["status"] == "complete"
 
     out = tmp_path / "out"
-    refused = itsup(root, "restore", "--to", out, expect=ExitCode.DAMAGED)
-    assert "upstream/app/" in refused.err and "--allow-external-links" in refused.err
+    refused = itsup(
+        root, "restore", "all", "--to", out, "--refuse-external-links", expect=ExitCode.DAMAGED
+    )
+    assert "upstream/app/" in refused.err and "--refuse-external-links" in refused.err
     assert not out.exists() or not any(out.iterdir())
 
-    itsup(root, "restore", "--to", out, "--allow-external-links")
+    restored = itsup(root, "restore", "all", "--to", out)
+    assert "upstream/app/localtime -> /etc/localtime" in restored.err
+    assert "upstream/app/escape -> ../../../outside" in restored.err
+    assert "upstream/app/inside" not in restored.err  # it stays inside: nothing to say
     assert os.readlink(out / "upstream/app/inside") == "../blog/docker-compose.yml"
     assert os.readlink(out / "upstream/app/localtime") == "/etc/localtime"
     assert os.readlink(out / "upstream/app/escape") == "../../../outside"

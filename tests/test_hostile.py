@@ -6,6 +6,10 @@ the right SHA-256, exactly as `itsup.actions.backup` writes them), so the
 hostile content is the only thing wrong with it. `itsup restore` must exit
 5 naming the member, leave the destination exactly as it was and write
 nothing outside it.
+
+Symlinks that merely point outside the destination are the one exception:
+by default they are restored as links (never followed, never written
+through); `--refuse-external-links` refuses them like the rest.
 """
 
 from __future__ import annotations
@@ -198,13 +202,15 @@ class World:
 
     def restore(self, *args: str, to: Path | None = None) -> Result:
         where = ["--to", str(to or self.dest)]
-        return run_itsup("restore", "--yes", *where, *args, root=self.root)
+        scope = [] if "--path" in args else ["all"]
+        return run_itsup("restore", *scope, "--yes", *where, *args, root=self.root)
 
 
 def snapshot(top: Path, skip: Path | None = None) -> dict[str, tuple[object, ...]]:
     """Everything below `top` (not following links): type, mode, size, mtime, content/target.
 
-    `skip` (the backup target) and the host's logs/backup.log are left out.
+    `skip` (the backup target), the host's logs/backup.log and its lock file (which a
+    restore into the host root holds, as a backup does) are left out.
     """
     found: dict[str, tuple[object, ...]] = {}
     for dirpath, dirs, files in os.walk(top):
@@ -213,6 +219,8 @@ def snapshot(top: Path, skip: Path | None = None) -> dict[str, tuple[object, ...
             if skip is not None and (full == skip or skip in full.parents):
                 continue
             if full.name == "backup.log" and full.parent.name == "logs":
+                continue
+            if full.name == ".itsup-backup.lock":
                 continue
             st = os.lstat(full)
             if stat.S_ISLNK(st.st_mode):
@@ -375,13 +383,22 @@ def _cases(outside: Path) -> dict[str, tuple[list[M], str]]:
 CASE_NAMES = sorted(_cases(Path("/x")))
 
 
+# Cases whose only fault is where a symlink points: restored as links by default.
+LINK_TARGET_ONLY = {
+    "symlink_chain_escapes",
+    "symlink_chain_escapes_out_of_order",
+    "symlink_to_absolute_path",
+}
+
+
 @pytest.mark.parametrize("case", CASE_NAMES)
 def test_hostile_archive_is_refused(world: World, case: str) -> None:
-    """The index lists every member as the archive has it: the plan may refuse already."""
+    """The index lists every member as the archive has it: the plan may refuse already.
+    With --refuse-external-links every case is refused, links that point out included."""
     members, named = _cases(world.outside)[case]
     publish_members(world.target, members)
     before = snapshot(world.tmp, skip=world.target)
-    result = world.restore()
+    result = world.restore("--refuse-external-links")
     assert_refused(world, result, named, before)
 
 
@@ -395,7 +412,7 @@ def test_hostile_archive_stream_is_refused(world: World, case: str) -> None:
             m.index = False
     publish_members(world.target, members)
     before = snapshot(world.tmp, skip=world.target)
-    plan = plan_restore(open_host(str(world.root)), to=str(world.dest))
+    plan = plan_restore(open_host(str(world.root)), "all", to=str(world.dest))
     with pytest.raises(IntegrityError) as err:
         run_restore(plan)
     assert err.value.exit_code == 5
@@ -408,7 +425,7 @@ def test_hostile_archive_refused_restoring_into_the_host_root(world: World, case
     members, named = _cases(world.outside)[case]
     publish_members(world.target, members)
     before = snapshot(world.tmp, skip=world.target)
-    result = run_itsup("restore", "--yes", root=world.root)
+    result = run_itsup("restore", "all", "--yes", root=world.root)
     assert_refused(world, result, named, before)
 
 
@@ -425,7 +442,7 @@ def test_dry_run_of_a_hostile_index_lists_nothing_outside(world: World) -> None:
     members, named = _cases(world.outside)["absolute_path"]
     publish_members(world.target, members)
     before = snapshot(world.tmp, skip=world.target)
-    result = run_itsup("restore", "--dry-run", "--to", str(world.dest), root=world.root)
+    result = run_itsup("restore", "all", "--dry-run", "--to", str(world.dest), root=world.root)
     assert result.code == 5, (result.out, result.err)
     assert named in result.err
     assert snapshot(world.tmp, skip=world.target) == before
@@ -700,29 +717,32 @@ def test_check_entry_applies_the_member_rules_to_the_index() -> None:
         assert repr(entry.path) in err.value.message
 
 
-# Cases whose only fault is where a symlink points: --allow-external-links admits them.
-LINK_TARGET_ONLY = {
-    "symlink_chain_escapes",
-    "symlink_chain_escapes_out_of_order",
-    "symlink_to_absolute_path",
-}
-
-
 @pytest.mark.parametrize("case", sorted(set(CASE_NAMES) - LINK_TARGET_ONLY))
-def test_allowing_external_links_still_refuses_everything_else(world: World, case: str) -> None:
-    """The flag admits links that point out; never writing through them, nor anything else."""
+@pytest.mark.parametrize("flag", [None, "--allow-external-links"])
+def test_by_default_everything_but_external_links_is_refused(
+    world: World, case: str, flag: str | None
+) -> None:
+    """Links that point out are admitted by default (and by the old opt-in flag, now a
+    no-op); nothing is ever written through them, and every other rule stands."""
     members, named = _cases(world.outside)[case]
     publish_members(world.target, members)
     before = snapshot(world.tmp, skip=world.target)
-    result = world.restore("--allow-external-links")
+    result = world.restore(*([flag] if flag else []))
     assert_refused(world, result, named, before)
 
 
 @pytest.mark.parametrize("case", sorted(LINK_TARGET_ONLY))
-def test_allowing_external_links_restores_them_as_links(world: World, case: str) -> None:
-    members, _named = _cases(world.outside)[case]
+@pytest.mark.parametrize("flag", [None, "--allow-external-links"])
+def test_external_links_are_restored_as_links_and_named(
+    world: World, case: str, flag: str | None
+) -> None:
+    members, named = _cases(world.outside)[case]
     publish_members(world.target, members)
     before = snapshot(world.outside)
-    result = world.restore("--allow-external-links")
+    result = world.restore(*([flag] if flag else []))
     assert result.code == 0, result.err
     assert snapshot(world.outside) == before  # nothing was written through any link
+    [link] = [m for m in members if m.name == named]
+    assert os.readlink(world.dest / named) == link.link  # the link itself, as it was
+    assert "itsup: note: restored 1 symlink pointing outside the tree" in result.err
+    assert f"{named} -> {link.link}" in result.err

@@ -327,7 +327,7 @@ def reset_first_attempt(hosts: Hosts, number: int, offset: int, out: Path) -> No
     assert rule.fired == 1 and rule.matched >= 2, "one reset, then a good attempt"
     host.verify(name)
     assert host.uploads() == []
-    itsup(host.root, "restore", "--from", name, "--to", out)
+    itsup(host.root, "restore", "all", "--from", name, "--to", out)
     assert tree_state(out) == tree_state(host.root)
     if offset > 5 * MiB:
         label = "upload part: answer lost (reset after the whole part), first attempt"
@@ -382,7 +382,7 @@ def trickled(hosts: Hosts, out: Path) -> None:
     )
     archive = host.inject(trickle(2_000_000, "downstream"), **ARCHIVE_GET)
     index = host.inject(trickle(200_000, "downstream"), **INDEX_GET)
-    itsup(host.root, "restore", "--from", name, "--to", out)
+    itsup(host.root, "restore", "all", "--from", name, "--to", out)
     assert archive.fired >= 2 and index.fired == 1
     assert tree_state(out) == tree_state(host.root)
     record("network", "trickle: archive reads at 2 MB/s, the index at 200 KB/s", "restored exactly")
@@ -472,7 +472,7 @@ def restore_through(
 ) -> None:
     view = hosts(of=source)
     rule = view.inject(fault, **ARCHIVE_GET, last=count)
-    res, seconds = view.run("restore", "--from", name, "--to", out)
+    res, seconds = view.run("restore", "all", "--from", name, "--to", out)
     assert res.code == 0, f"{label}: {res.err}"
     assert rule.fired == (count or rule.matched) and rule.fired >= 1
     assert tree_state(out) == tree_state(source.root), label

@@ -133,7 +133,7 @@ def test_encrypted_restores_with_age_and_tar(new_host: HostFactory, tmp_path: Pa
 
     # itsup's own restore, with the identity from the environment.
     env = {"ITSUP_AGE_IDENTITY": str(key)}
-    itsup(root, "restore", "--to", tmp_path / "itsup", env=env)
+    itsup(root, "restore", "all", "--to", tmp_path / "itsup", env=env)
     assert tree_state(tmp_path / "itsup") == before
     (root / ACME).write_text("{damaged")
     itsup(root, "restore", "--path", ACME, "--yes", env=env)
@@ -162,7 +162,7 @@ def test_encrypted_restore_needs_the_right_identity(tmp_path: Path) -> None:
         ({"ITSUP_AGE_IDENTITY": str(other)}, ExitCode.CONFIG, "identit"),
         ({"ITSUP_AGE_IDENTITY": str(tmp_path / "missing.txt")}, ExitCode.CONFIG, "not found"),
     ):
-        for args in (("--to", tmp_path / "out"), ("all", "--yes")):
+        for args in (("all", "--to", tmp_path / "out"), ("all", "--yes")):
             res = itsup(root, "restore", *args, expect=expect, env=env)
             assert "itsup: error:" in res.err and words in res.err
             leaked = secret in res.err + res.out

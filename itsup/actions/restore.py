@@ -10,6 +10,13 @@ everything back and a kill at any point leaves every path old or new.
 A generation that fails a check raises GenerationDamaged, naming it, before
 anything at the destination was touched; `itsup restore --fallback` then
 tries the next older complete one.
+
+A restore into the live host root holds the host lock (the one `itsup
+backup` takes), so a backup and a restore of the same root never interleave.
+Symlinks that point outside the destination are created as links (never
+followed) and listed, or refused with `refuse_external_links`; either way only
+the ones the restore writes count, while every other hostile-archive rule
+applies to the whole archive.
 """
 
 from __future__ import annotations
@@ -32,13 +39,27 @@ from typing import Any, BinaryIO, cast
 
 import pyrage
 
-from itsup.errors import ConfigError, IntegrityError, ItsupError, NotFoundError, UsageError
+from itsup.errors import (
+    ConfigError,
+    IntegrityError,
+    ItsupError,
+    LockedError,
+    NotFoundError,
+    UsageError,
+)
 from itsup.generation import LATEST, Generation, location, scan, select_generation
 from itsup.host import Host
+from itsup.layout import STATE_DIRS, Layout
+from itsup.lock import host_lock
 from itsup.manifest import Entry, Manifest, read_index
 from itsup.pipeline.crypt import decrypting_reader, default_identity_file, load_identities
 from itsup.pipeline.decompress import gunzip_reader
-from itsup.pipeline.extract import Extractor, check_entry
+from itsup.pipeline.extract import (
+    Extractor,
+    check_entry,
+    outward_links,
+    refuse_outward,
+)
 from itsup.pipeline.stream import GuardedReader, HashingReader
 from itsup.storage import Target
 
@@ -87,6 +108,35 @@ class Scope:
     def ancestor(self, path: str) -> bool:
         return bool(self.prefix) and self.prefix.startswith(path + "/")
 
+    def writes(self, path: str) -> bool:
+        """Whether a restore of this scope writes `path` (selected, or a folder above it)."""
+        return self.selects(path) or self.ancestor(path)
+
+
+def no_scope(layout: Layout | None) -> UsageError:
+    """The error for a restore that does not say what to restore (never "everything")."""
+    names = _project_names(layout) if layout is not None else []
+    shown = ", ".join(names[:6]) + (", ..." if len(names) > 6 else "")
+    project = f"a project (e.g. {shown})" if names else "a project name"
+    return UsageError(
+        f"say what to restore: all, proxy, {project} or --path PATH",
+        hint="`itsup restore all --dry-run` shows what restoring everything would change",
+    )
+
+
+def _project_names(layout: Layout) -> list[str]:
+    """Projects of this host, from its own tree (no storage access): upstream/ folders,
+    else projects/ folders holding a docker-compose.yml."""
+    try:
+        names = set(layout.projects_in_upstream())
+        if layout.projects.is_dir():
+            names.update(
+                p.name for p in layout.projects.iterdir() if (p / "docker-compose.yml").is_file()
+            )
+    except OSError:
+        return []
+    return sorted(names)
+
 
 def scope_for(what: str | None, path: str | None, root: Path) -> Scope:
     if path is not None:
@@ -106,7 +156,9 @@ def scope_for(what: str | None, path: str | None, root: Path) -> Scope:
                 f"--path {path}: give a path inside the backup, such as proxy/traefik/acme.json"
             )
         return Scope("/".join(parts), "/".join(parts))
-    if what in (None, "all"):
+    if what is None:
+        raise no_scope(None)
+    if what == "all":
         return Scope("", "everything")
     if what == "proxy":
         return Scope("proxy", "proxy/")
@@ -130,12 +182,26 @@ class RestorePlan:
     index_bytes: bytes
     identities: list[Any]
     target: Target
-    external_links: bool = False
+    refuse_external_links: bool = False
     changes: list[Change] = field(default_factory=list)
     reader: BinaryIO | None = None  # the archive, already downloading (see plan_restore)
+    # Symlinks in the scope that point outside the destination, (path, target).
+    external: list[tuple[str, str]] = field(default_factory=list)
+    lock_file: Path | None = None  # the host lock, held while restoring into the live root
+    held: contextlib.ExitStack | None = None  # the lock, when taken (see plan_restore)
 
     def entries(self) -> Iterator[Entry]:
         return read_index(io.BytesIO(self.index_bytes), self.manifest.index.key)
+
+    def close(self) -> None:
+        """Stop the read-ahead and release the host lock (run_restore does this)."""
+        if self.reader is not None:  # never taken: the restore failed before reading
+            with contextlib.suppress(Exception):
+                self.reader.close()
+            self.reader = None
+        if self.held is not None:
+            self.held.close()
+            self.held = None
 
     @property
     def overwrites(self) -> int:
@@ -152,6 +218,15 @@ class RestoreResult:
     bytes: int
     seconds: float
     archive_bytes: int
+    # Symlinks restored as links that point outside the destination, (path, target).
+    external_links: list[tuple[str, str]] = field(default_factory=list)
+
+
+def describe_links(links: list[tuple[str, str]], limit: int = 10) -> str:
+    """`a -> /x, b -> /y and 3 more`: the first `limit` links, then a count."""
+    shown = ", ".join(f"{path} -> {target}" for path, target in links[:limit])
+    more = len(links) - limit
+    return shown + (f" and {more} more" if more > 0 else "")
 
 
 def _identities(host: Host, manifest: Manifest) -> list[Any]:
@@ -218,8 +293,9 @@ def plan_restore(
     generation: str | None = None,
     to: str | None = None,
     target_choice: str | None = None,
-    external_links: bool = False,
+    refuse_external_links: bool = False,
     prefetch: bool = False,
+    hold_lock: bool = False,
     skip: Collection[str] = (),
 ) -> RestorePlan:
     """Pick the generation, load its index, and work out what a restore would change.
@@ -228,26 +304,35 @@ def plan_restore(
     read-ahead) while the plan is made, so planning costs no wall time.
     Generations named in `skip` (found damaged by an earlier attempt) are
     passed over when choosing the newest complete one.
+
+    A restore into the live root (no `to`, or `to` naming it) needs the host
+    lock (`lock_file`); `hold_lock` takes it now, before storage is read, so a
+    restore that could not run fails at once (LockedError). run_restore takes
+    it otherwise, and releases it.
     """
-    target, prefix = host.target(target_choice)
-    found = scan(target, prefix, load_manifests=False)
-    gen = select_generation(
-        [g for g in found if g.name not in skip], generation, target, location(target, prefix)
-    )
-    assert gen.manifest is not None
-    if generation in (None, LATEST):
-        _warn_passed_over(found, gen, skip)
-    manifest = gen.manifest
     scope = scope_for(what, path, host.layout.root)
-    identities = _identities(host, manifest)
+    dest = destination(host.layout, to)
+    live = dest == host.layout.root
+    held = contextlib.ExitStack()
+    if hold_lock and live:
+        _take_lock(held, host.layout.lock_file)
     early = None
     try:
+        target, prefix = host.target(target_choice)
+        found = scan(target, prefix, load_manifests=False)
+        gen = select_generation(
+            [g for g in found if g.name not in skip], generation, target, location(target, prefix)
+        )
+        assert gen.manifest is not None
+        if generation in (None, LATEST):
+            _warn_passed_over(found, gen, skip)
+        manifest = gen.manifest
+        identities = _identities(host, manifest)
         try:
             early = target.open_reader(manifest.archive.key) if prefetch else None
             index_bytes = load_index(target, manifest, identities)
         except (IntegrityError, NotFoundError) as exc:
             raise _damaged(gen.name, exc) from None
-        dest = Path(to).expanduser().resolve() if to else host.layout.root
         plan = RestorePlan(
             gen,
             manifest,
@@ -256,15 +341,41 @@ def plan_restore(
             index_bytes,
             identities,
             target,
-            external_links=external_links,
+            refuse_external_links=refuse_external_links,
             reader=early,
+            lock_file=host.layout.lock_file if live else None,
+            held=held if hold_lock and live else None,
         )
         _work_out_changes(plan)
     except BaseException:
         if early is not None:
             early.close()
+        held.close()
         raise
     return plan
+
+
+def destination(layout: Layout, to: str | None) -> Path:
+    """Where a restore writes: the host root, or `to` (symlinks and `..` resolved).
+
+    `to` inside the host's upstream/ or proxy/ is refused: the next backup would
+    store the restored copy as live state (a project, or part of the proxy).
+    """
+    if not to:
+        return layout.root
+    dest = Path(to).expanduser().resolve()
+    for top in STATE_DIRS:
+        for state in dict.fromkeys((layout.root / top, (layout.root / top).resolve())):
+            if dest == state or state in dest.parents:
+                became = "a project" if top == "upstream" else "part of the proxy"
+                raise UsageError(
+                    f"--to {to}: {dest} is inside {state}, which itsup backs up as live "
+                    f"state: the next backup would store the restored copy as {became}; "
+                    "nothing was restored",
+                    hint="restore into a folder outside the host's upstream/ and proxy/, "
+                    "e.g. --to /tmp/check, or into the host root itself (no --to)",
+                )
+    return dest
 
 
 def _warn_passed_over(found: list[Generation], chosen: Generation, skip: Collection[str]) -> None:
@@ -283,9 +394,19 @@ def _work_out_changes(plan: RestorePlan) -> None:
     scope, dest = plan.scope, plan.dest
     matched = False
     links: set[str] = set()
+    targets: dict[str, str] = {}  # every symlink of the archive: chains cross the scope
+    seen: set[str] = set()  # a path twice: refused, written or not (as verify does)
     absent: set[str] = set()  # folders missing at the destination: no need to look inside
     for entry in plan.entries():
-        check_entry(entry, links, external_links=plan.external_links)  # the archive's rules
+        # The archive's rules, for every entry; where a link points, below, for written ones.
+        check_entry(entry, links, external_links=True)
+        if entry.path in seen:
+            raise IntegrityError(
+                f"archive member {entry.path!r} appears twice in the archive; refused"
+            )
+        seen.add(entry.path)
+        if entry.type == "symlink":
+            targets[entry.path] = entry.link or ""
         if scope.selects(entry.path):
             matched = True
             parent = entry.path.rpartition("/")[0]
@@ -303,6 +424,9 @@ def _work_out_changes(plan: RestorePlan) -> None:
         )
         hint = f"projects in this backup: {', '.join(known)}" if known else None
         raise UsageError(f"{scope.label}: not in backup {plan.manifest.generation}", hint=hint)
+    plan.external = outward_links(targets, scope.writes)  # chains: all the links are known
+    if plan.refuse_external_links:
+        refuse_outward(plan.external, targets)
 
 
 def _open_archive(plan: RestorePlan) -> tuple[BinaryIO, HashingReader]:
@@ -324,7 +448,32 @@ def _open_archive(plan: RestorePlan) -> tuple[BinaryIO, HashingReader]:
 
 
 def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None) -> RestoreResult:
-    """Stream the generation into a staging folder, verify it, then swap it into place."""
+    """Stream the generation into a staging folder, verify it, then swap it into place.
+
+    Into the live root, the host lock is held throughout (LockedError, exit 11,
+    when a backup or another restore of this root holds it).
+    """
+    try:
+        if plan.lock_file is not None and plan.held is None:  # not taken by plan_restore
+            plan.held = contextlib.ExitStack()
+            _take_lock(plan.held, plan.lock_file)
+        return _restore(plan, on_bytes)
+    finally:
+        plan.close()
+
+
+def _take_lock(held: contextlib.ExitStack, lock_file: Path) -> None:
+    try:
+        held.enter_context(host_lock(lock_file, "restore"))
+    except LockedError as exc:
+        raise LockedError(
+            f"{exc.message}; nothing was restored",
+            hint="wait for it to finish (the lock goes when it exits), or restore into "
+            "another folder with --to",
+        ) from None
+
+
+def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> RestoreResult:
     started = time.monotonic()
     manifest = plan.manifest
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -342,10 +491,10 @@ def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None
             try:
                 extractor = Extractor(
                     staging,
-                    lambda p: plan.scope.selects(p) or plan.scope.ancestor(p),
+                    plan.scope.writes,
                     restore_owner=os.geteuid() == 0,
                     expected=plan.entries(),
-                    external_links=plan.external_links,
+                    external_links=not plan.refuse_external_links,
                     on_bytes=on_bytes,
                 )
                 stats = extractor.run(stream)
@@ -381,12 +530,14 @@ def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None
                 plan.dest, exc, "moving the restored files into place (every change was undone)"
             ) from None
     finally:
-        if plan.reader is not None:  # never taken: the restore failed before reading
-            with contextlib.suppress(Exception):
-                plan.reader.close()
-            plan.reader = None
         _clean_up(staging, aside)
     seconds = time.monotonic() - started
+    if extractor.external:
+        log.info(
+            "restored %d symlink(s) pointing outside the tree as links (never followed): %s",
+            len(extractor.external),
+            describe_links(extractor.external, 50),
+        )
     log.info(
         "restored %s (%s) from %s into %s: %d files, %d bytes in %.1f s",
         plan.scope.label,
@@ -406,6 +557,7 @@ def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None
         stats.bytes,
         seconds,
         manifest.archive.size,
+        extractor.external,
     )
 
 

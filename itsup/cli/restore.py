@@ -10,11 +10,11 @@ from typing import TYPE_CHECKING
 import click
 
 from itsup.cli.backup import TARGET, _host
-from itsup.cli.output import byte_progress, human_bytes, interactive, notice, out
+from itsup.cli.output import byte_progress, err, human_bytes, interactive, notice, out
 from itsup.errors import IntegrityError, NotFoundError, UsageError
 
 if TYPE_CHECKING:
-    from itsup.actions.restore import GenerationDamaged
+    from itsup.actions.restore import GenerationDamaged, RestorePlan
 
 log = logging.getLogger("itsup.restore")
 QUIET = {"console": False}  # logged to logs/backup.log; the console line is printed here
@@ -33,16 +33,19 @@ QUIET = {"console": False}  # logged to logs/backup.log; the console line is pri
     "--to",
     "to",
     type=click.Path(file_okay=False),
-    help="Restore into this folder instead of the host root.",
+    help="Restore into this folder instead of the host root (not inside the host's "
+    "upstream/ or proxy/, which the next backup would take for live state).",
 )
 @click.option("--dry-run", is_flag=True, help="Show what would change; write nothing.")
 @click.option("--yes", "-y", is_flag=True, help="Do not ask before overwriting existing files.")
 @click.option(
-    "--allow-external-links",
+    "--refuse-external-links",
     is_flag=True,
-    help="Also restore symlinks that point outside the destination (absolute links in "
-    "volumes); nothing is ever written through them.",
+    help="Refuse the restore (exit 5) when what it restores holds a symlink pointing "
+    "outside the destination, instead of creating it as a link (the default: such links "
+    "are created, never followed, and named).",
 )
+@click.option("--allow-external-links", is_flag=True, hidden=True, help="Deprecated: the default.")
 @click.option(
     "--fallback",
     is_flag=True,
@@ -60,6 +63,7 @@ def restore(
     to: str | None,
     dry_run: bool,
     yes: bool,
+    refuse_external_links: bool,
     allow_external_links: bool,
     fallback: bool,
     target_choice: str | None,
@@ -74,8 +78,12 @@ def restore(
     itsup restore all --fallback           newest generation that passes every check
 
     \b
-    A damaged generation is refused (exit 5) before anything is written;
-    with --fallback the next older complete generation is tried instead.
+    Say what to restore: with none of these it stops (exit 2). A damaged
+    generation is refused (exit 5) before anything is written; with
+    --fallback the next older complete generation is tried instead.
+    Symlinks pointing outside the tree are created as links (never
+    followed) and named. Into the host root, the host lock is held (exit 11
+    while a backup or another restore runs); --to elsewhere needs no lock.
     """
     # The restore action imports pyrage, a Rust extension that panics (traceback,
     # exit 1) if a SIGINT/SIGTERM is handled while it initialises: hold them back
@@ -86,32 +94,11 @@ def restore(
     finally:
         signal.pthread_sigmask(signal.SIG_SETMASK, held)
 
-    if fallback and generation:
-        raise UsageError(
-            "--fallback cannot be combined with --from: a named generation is never "
-            "replaced by another one",
-            hint="drop --from to restore the newest intact generation, or --fallback to "
-            "restore exactly the one named",
-        )
+    _check_arguments(
+        ctx, what, path, generation, fallback, allow_external_links, refuse_external_links
+    )
     host = _host(ctx)
-    skipped: list[GenerationDamaged] = []
-
-    def give_up() -> None:
-        """Every complete generation was tried: none restores."""
-        tried = "; ".join(f"{s.generation} ({_why(s)})" for s in skipped)
-        raise IntegrityError(
-            f"--fallback: no complete generation could be restored; tried {tried}",
-            hint="`itsup backup verify --all` shows what is wrong with each",
-        )
-
-    def skip(exc: GenerationDamaged) -> None:
-        skipped.append(exc)
-        notice(
-            f"itsup: warning: skipped {exc.generation}: {_why(exc)}; trying the next "
-            "older complete generation (--fallback)"
-        )
-        log.warning("--fallback: skipped %s: %s", exc.generation, exc.message, extra=QUIET)
-
+    tried = _Fallback(fallback)
     while True:
         try:
             plan = plan_restore(
@@ -121,57 +108,37 @@ def restore(
                 generation=generation,
                 to=to,
                 target_choice=target_choice,
-                external_links=allow_external_links,
+                refuse_external_links=refuse_external_links,
                 prefetch=not dry_run,
-                skip=[s.generation for s in skipped],
+                hold_lock=not dry_run,  # into the live root: exit 11 at once if it is taken
+                skip=[s.generation for s in tried.skipped],
             )
         except GenerationDamaged as exc:
-            if not fallback:
-                raise
-            skip(exc)
+            tried.skip(exc)
             continue
         except NotFoundError:
-            if skipped:  # the damaged ones were all there was
-                give_up()
+            tried.give_up()  # the damaged ones were all there was
             raise
-        new = sum(1 for c in plan.changes if c.kind == "new")
-        replace = plan.overwrites
-        same = len(plan.changes) - new - replace
-        summary = (
-            f"{plan.scope.label} from {plan.manifest.generation} into {plan.dest}: "
-            f"{new} new, {replace} to overwrite, {same} unchanged"
-        )
         if dry_run:
-            lines = [
-                f"{'+' if c.kind == 'new' else '~'} {c.path}".encode(
-                    "utf-8", "backslashreplace"
-                ).decode()
-                for c in plan.changes
-                if c.kind != "same"
-            ]
-            if lines:  # one write: rich per line costs seconds on a large tree
-                click.echo("\n".join(lines))
-            out.print(f"dry run: {summary}", markup=False)
-            _report_fallback(skipped, plan.manifest.generation, "would restore")
+            _show_dry_run(plan)
+            tried.report(plan.manifest.generation, "would restore")
+            _note_external(plan.external, "would restore")
             return
-        if replace and not yes:
-            if not sys.stdin.isatty():
-                raise UsageError(
-                    f"restore would overwrite {replace} existing path(s) in {plan.dest}",
-                    hint="re-run with --yes, or look first with --dry-run",
-                )
-            click.confirm(f"{summary}. Overwrite?", abort=True, err=True)
+        try:
+            _confirm(plan, yes)
+        except BaseException:
+            plan.close()  # the read-ahead and the host lock
+            raise
         show = interactive()
         try:
             with byte_progress("restore", plan.manifest.source_bytes, show) as advance:
                 result = run_restore(plan, on_bytes=advance)
         except GenerationDamaged as exc:
-            if not fallback:
-                raise
-            skip(exc)
+            tried.skip(exc)
             continue
         break
-    _report_fallback(skipped, result.generation, "restored")
+    tried.report(result.generation, "restored")
+    _note_external(result.external_links, "restored")
     if show or ctx.obj["verbose"]:
         out.print(
             f"restored {plan.scope.label} from {result.generation} into {result.dest}: "
@@ -180,16 +147,135 @@ def restore(
         )
 
 
+def _check_arguments(
+    ctx: click.Context,
+    what: str | None,
+    path: str | None,
+    generation: str | None,
+    fallback: bool,
+    allow_external_links: bool,
+    refuse_external_links: bool,
+) -> None:
+    """Usage errors found from the arguments alone: before any storage is read.
+
+    `--allow-external-links` was the opt-in before links pointing outside were
+    restored by default; it is accepted (and does nothing) so scripts keep working.
+    """
+    from itsup.actions.restore import no_scope
+    from itsup.errors import ConfigError
+    from itsup.layout import find_root
+
+    if what is None and path is None:  # never an implicit "everything"
+        try:
+            layout = find_root(ctx.obj["root"])
+        except ConfigError:
+            layout = None
+        raise no_scope(layout)
+    if fallback and generation:
+        raise UsageError(
+            "--fallback cannot be combined with --from: a named generation is never "
+            "replaced by another one",
+            hint="drop --from to restore the newest intact generation, or --fallback to "
+            "restore exactly the one named",
+        )
+    if allow_external_links and refuse_external_links:
+        raise UsageError(
+            "--allow-external-links and --refuse-external-links contradict each other",
+            hint="links pointing outside are restored as links by default; keep "
+            "--refuse-external-links to refuse them",
+        )
+
+
+class _Fallback:
+    """The generations `--fallback` skipped as damaged (without it, the first error stands)."""
+
+    def __init__(self, enabled: bool) -> None:
+        self.enabled = enabled
+        self.skipped: list[GenerationDamaged] = []
+
+    def skip(self, exc: GenerationDamaged) -> None:
+        if not self.enabled:
+            raise exc
+        self.skipped.append(exc)
+        notice(
+            f"itsup: warning: skipped {exc.generation}: {_why(exc)}; trying the next "
+            "older complete generation (--fallback)"
+        )
+        log.warning("--fallback: skipped %s: %s", exc.generation, exc.message, extra=QUIET)
+
+    def give_up(self) -> None:
+        """Every complete generation was tried and none restores: say so (exit 5)."""
+        if not self.skipped:
+            return
+        tried = "; ".join(f"{s.generation} ({_why(s)})" for s in self.skipped)
+        raise IntegrityError(
+            f"--fallback: no complete generation could be restored; tried {tried}",
+            hint="`itsup backup verify --all` shows what is wrong with each",
+        )
+
+    def report(self, generation: str, done: str) -> None:
+        if not self.skipped:
+            return
+        names = ", ".join(s.generation for s in self.skipped)
+        notice(
+            f"itsup: warning: {done} {generation}, an older generation: skipped {names} "
+            "(damaged) because of --fallback"
+        )
+        log.warning("--fallback: %s %s; skipped %s", done, generation, names, extra=QUIET)
+
+
+def _show_dry_run(plan: RestorePlan) -> None:
+    lines = [
+        f"{'+' if c.kind == 'new' else '~'} {c.path}".encode("utf-8", "backslashreplace").decode()
+        for c in plan.changes
+        if c.kind != "same"
+    ]
+    if lines:  # one write: rich per line costs seconds on a large tree
+        click.echo("\n".join(lines))
+    out.print(f"dry run: {_summary(plan)}", markup=False)
+
+
+def _summary(plan: RestorePlan) -> str:
+    new = sum(1 for c in plan.changes if c.kind == "new")
+    replace = plan.overwrites
+    same = len(plan.changes) - new - replace
+    return (
+        f"{plan.scope.label} from {plan.manifest.generation} into {plan.dest}: "
+        f"{new} new, {replace} to overwrite, {same} unchanged"
+    )
+
+
+def _confirm(plan: RestorePlan, yes: bool) -> None:
+    """Ask before overwriting existing paths; without a terminal, refuse (exit 2)."""
+    if not plan.overwrites or yes:
+        return
+    if not sys.stdin.isatty():
+        raise UsageError(
+            f"restore would overwrite {plan.overwrites} existing path(s) in {plan.dest}",
+            hint="re-run with --yes, or look first with --dry-run",
+        )
+    click.confirm(f"{_summary(plan)}. Overwrite?", abort=True, err=True)
+
+
+def _note_external(links: list[tuple[str, str]], done: str) -> None:
+    """Name the symlinks pointing outside the tree that were (or would be) restored."""
+    from itsup.actions.restore import describe_links
+
+    if not links:
+        return
+    n = len(links)
+    what = (
+        "1 symlink pointing outside the tree as a link"
+        if n == 1
+        else (f"{n} symlinks pointing outside the tree as links")
+    )
+    text = f"{done} {what} (never followed): {describe_links(links)}"
+    line = f"itsup: note: {text}".encode("utf-8", "backslashreplace").decode()
+    if done == "restored":  # also a log record (run_restore): once under cron's redirect
+        notice(line)
+    else:
+        err.print(line, markup=False)
+
+
 def _why(exc: GenerationDamaged) -> str:
     return exc.message.removeprefix(f"{exc.generation}: ")
-
-
-def _report_fallback(skipped: list[GenerationDamaged], generation: str, done: str) -> None:
-    if not skipped:
-        return
-    names = ", ".join(s.generation for s in skipped)
-    notice(
-        f"itsup: warning: {done} {generation}, an older generation: skipped {names} "
-        "(damaged) because of --fallback"
-    )
-    log.warning("--fallback: %s %s; skipped %s", done, generation, names, extra=QUIET)

@@ -21,6 +21,7 @@ if TYPE_CHECKING:
 
 _STYLE = {
     "ok": "green",
+    "info": "cyan",
     "warn": "yellow",
     "skipped": "dim",
     "incomplete": "yellow",

@@ -243,13 +243,13 @@ class TarWriter:
                 stats.problems.append(Problem(rel, f"cannot read link: {exc.strerror}"))
                 return
             if _leaves_tree(rel, link):
-                # Stored as it is (it is part of the host's state), but a restore
-                # refuses such links unless the operator allows them.
+                # Stored as it is (it is part of the host's state); a restore
+                # creates it as a link, never followed, and names it.
                 stats.skipped.append(
                     Problem(
                         rel,
-                        f"symlink to {link!r} points outside the backup; "
-                        "restore it with --allow-external-links",
+                        f"symlink to {link!r} points outside the backup; a restore creates "
+                        "it as a link (never followed) unless --refuse-external-links",
                     )
                 )
             self._out(_header(rel, tarfile.SYMTYPE, st, link=link))

@@ -1,10 +1,14 @@
 """Read a tar stream and write its members into a staging folder.
 
 Every member is checked before anything is written: relative path, no `..`,
-no path through a symlink the archive itself created, symlinks that stay
-inside the destination, only files, folders and symlinks. Any hostile member
-refuses the whole archive. When the manifest's index is given, each member
-must match its index entry (path, type, size, link) in order.
+no path through a symlink the archive itself created, only files, folders
+and symlinks. Any hostile member refuses the whole archive, whether or not
+it is one the restore writes. Symlinks that point outside the destination
+(`localtime -> /usr/share/zoneinfo/UTC`) are a matter of where they point,
+not of what the archive writes: only the ones a restore writes are looked
+at, and they are created as links (never followed) or, when the caller asks,
+refused. When the manifest's index is given, each member must match its
+index entry (path, type, size, link) in order.
 
 Writes overlap the download and decompression: small files go to a pool of
 writer threads (bounded by bytes in flight), large ones are written in place
@@ -92,9 +96,26 @@ def _mtime_ns(info: tarfile.TarInfo) -> int:
 
 
 EXTERNAL_HINT = (
-    "if this backup is yours and the link is meant to point there (an absolute link in a "
-    "volume, say), restore with --allow-external-links; nothing is ever written through it"
+    "without --refuse-external-links such links are created as links (never followed; "
+    "nothing is ever written through them)"
 )
+CHAIN = "symlink leads outside the destination through other symlinks of the archive"
+
+
+def link_leaves(path: str, target: str) -> str | None:
+    """Why the symlink `path -> target` points outside the destination by its own
+    text (absolute, or climbing above the top), or None when it stays inside."""
+    if target.startswith("/"):
+        return f"symlink to absolute path {target!r}"
+    resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
+    if resolved == ".." or resolved.startswith("../"):
+        return "symlink pointing outside the destination"
+    return None
+
+
+def refused_link(path: str, why: str) -> IntegrityError:
+    """The error for a symlink pointing outside, when such links are refused."""
+    return IntegrityError(f"archive member {path!r}: {why}; refused", hint=EXTERNAL_HINT)
 
 
 def check_member(
@@ -102,8 +123,10 @@ def check_member(
 ) -> Member:
     """Validate one tar member against the hostile-archive rules; return it normalized.
 
-    `external_links` admits symlinks whose targets lie outside the destination;
-    paths through any symlink of the archive stay refused either way.
+    `external_links` admits symlinks whose targets lie outside the destination
+    (pass it for members that are not written, or when such links are
+    restored as links); paths through any symlink of the archive stay refused
+    either way.
     """
     name = info.name
     where = f"archive member {name!r}"
@@ -132,17 +155,8 @@ def check_member(
         target = info.linkname
         if not target or "\x00" in target:
             raise IntegrityError(f"{where}: empty or invalid symlink target refused")
-        if not external_links:
-            if target.startswith("/"):
-                raise IntegrityError(
-                    f"{where}: symlink to absolute path {target!r} refused", hint=EXTERNAL_HINT
-                )
-            resolved = posixpath.normpath(posixpath.join(posixpath.dirname(path), target))
-            if resolved == ".." or resolved.startswith("../"):
-                raise IntegrityError(
-                    f"{where}: symlink pointing outside the destination refused",
-                    hint=EXTERNAL_HINT,
-                )
+        if not external_links and (why := link_leaves(path, target)):
+            raise refused_link(name, why)
     elif info.islnk():
         raise IntegrityError(f"{where}: hard links are not written by itsup; refused")
     else:
@@ -182,7 +196,9 @@ def _resolve(
     start: list[str], target: str, links: dict[str, str], hops: list[int]
 ) -> list[str] | None:
     """Follow `target` from folder `start` as the OS would, through the archive's
-    own symlinks; None when it climbs above the top."""
+    own symlinks; None when it climbs above the top or reaches an absolute path."""
+    if target.startswith("/"):
+        return None
     here = list(start)
     for part in target.split("/"):
         if part in ("", "."):
@@ -205,20 +221,40 @@ def _resolve(
     return here
 
 
-def check_link_chains(links: dict[str, str]) -> None:
-    """Refuse symlinks that each stay inside by their text, but leave it together.
+def outward_problem(path: str, links: dict[str, str]) -> str | None:
+    """Why the archive's symlink `path` points outside the destination, or None.
 
-    `proxy/x/a -> ..` and `proxy/b -> x/a/../../..` both look inside, yet
-    `proxy/b` resolves to the folder above the destination. Checked when the
-    whole archive has been read, so the order of the members does not matter.
+    By its own text (absolute, or above the top), or together with other links
+    of the archive: `proxy/x/a -> ..` and `proxy/b -> x/a/../../..` both look
+    inside, yet `proxy/b` resolves to the folder above the destination.
     """
-    for path, target in links.items():
-        if _resolve(path.split("/")[:-1], target, links, [0]) is None:
-            raise IntegrityError(
-                f"archive member {path!r}: symlink leads outside the destination "
-                "through other symlinks of the archive; refused",
-                hint=EXTERNAL_HINT,
-            )
+    target = links[path]
+    why = link_leaves(path, target)
+    if why is None and _resolve(path.split("/")[:-1], target, links, [0]) is None:
+        why = CHAIN
+    return why
+
+
+def outward_links(
+    links: dict[str, str], written: Callable[[str], bool] = lambda path: True
+) -> list[tuple[str, str]]:
+    """The symlinks among `links` (path -> target, in archive order) for which
+    `written` holds and that point outside the destination, as (path, target).
+
+    Needs the whole archive's links, so the order of the members does not matter.
+    """
+    return [(p, t) for p, t in links.items() if written(p) and outward_problem(p, links)]
+
+
+def refuse_outward(outward: list[tuple[str, str]], links: dict[str, str]) -> None:
+    """Refuse the first of `outward` (from outward_links), if any, saying why."""
+    for path, _target in outward[:1]:
+        raise refused_link(path, outward_problem(path, links) or CHAIN)
+
+
+def check_link_chains(links: dict[str, str]) -> None:
+    """Refuse the first of `links` that points outside, by itself or through others."""
+    refuse_outward(outward_links(links), links)
 
 
 def _match_index(member: Member, expected: Iterator[Entry] | None) -> None:
@@ -252,7 +288,11 @@ class Extractor:
         workers: int = 2,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
+        # Symlinks written (selected) that point outside the destination are
+        # created as links with `external_links`, refused without; the ones
+        # created are listed in `external` once the stream has been read.
         self.external_links = external_links
+        self.external: list[tuple[str, str]] = []
         self.staging = staging
         self.selected = selected
         self.restore_owner = restore_owner
@@ -409,7 +449,8 @@ class Extractor:
     def _run(self, stream: IO[bytes]) -> None:
         reader = TarReader(stream)
         for info in reader:
-            m = check_member(info, self.symlinks, external_links=self.external_links)
+            # Where links point matters only for those written: checked below.
+            m = check_member(info, self.symlinks, external_links=True)
             _match_index(m, self.expected)
             self.current = m.path
             self.stats.members += 1
@@ -418,6 +459,10 @@ class Extractor:
                 self.link_targets[m.path] = m.link or ""
             if not self.selected(m.path):
                 continue
+            if m.type == "symlink" and not self.external_links:
+                why = link_leaves(m.path, m.link or "")
+                if why is not None:
+                    raise refused_link(m.path, why)
             self._ensure_parent(m.path)
             if m.type == "dir":
                 os.makedirs(self._dest(m.path), mode=0o700, exist_ok=True)
@@ -443,8 +488,9 @@ class Extractor:
                     self._write_large(m, reader)
                 self.stats.files += 1
                 self.stats.bytes += m.size
-        if not self.external_links:
-            check_link_chains(self.link_targets)
+        self.external = outward_links(self.link_targets, self.selected)
+        if not self.external_links:  # only chains are left to find here
+            refuse_outward(self.external, self.link_targets)
         if self.expected is not None:
             extra = next(self.expected, None)
             if extra is not None:
