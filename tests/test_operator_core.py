@@ -12,6 +12,7 @@ import fcntl
 import json
 import os
 import shutil
+import time
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -331,3 +332,21 @@ def test_locked_out_backup_sends_no_alert_and_no_ping(tmp_path: Path, hook: Hook
     # the next run, with the lock free, pings start and success
     assert run_itsup("backup", root=root).code == 0
     assert [r.path for r in hook.seen("/ping")] == ["/ping/abc/start", "/ping/abc"]
+
+
+def test_an_empty_generation_is_skipped_by_fallback(tmp_path: Path) -> None:
+    """An empty generation (stored with --allow-shrink, or by an itsup without the
+    guard) restores nothing: restore says so, and --fallback passes over it."""
+    root = local_host(tmp_path / "host")
+    assert run_itsup("backup", root=root).code == 0
+    (good,) = complete(root)
+    shutil.rmtree(root / "upstream")
+    shutil.rmtree(root / "proxy")
+    time.sleep(1.1)
+    assert run_itsup("backup", "--allow-shrink", root=root).code == 0
+    res = run_itsup("restore", "all", "--to", tmp_path / "out", root=root)
+    assert res.code == ExitCode.DAMAGED and "holds no files" in res.err, res.err
+    res = run_itsup("restore", "all", "--fallback", "--to", tmp_path / "out", root=root)
+    assert res.code == 0, res.err
+    assert f"restored {good['name']}" in res.err
+    assert (tmp_path / "out" / "proxy" / "traefik" / "acme.json").is_file()

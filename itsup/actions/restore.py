@@ -414,6 +414,16 @@ def _work_out_changes(plan: RestorePlan) -> None:
             if kind == "new" and entry.type == "dir":
                 absent.add(entry.path)
             plan.changes.append(Change(entry.path, kind))
+    if not matched and not any(e.type == "file" for e in plan.entries()):
+        # Written from an empty source (an unmounted disk, a new host before its
+        # restore) by an itsup without the shrink guard: it restores nothing.
+        raise GenerationDamaged(
+            plan.manifest.generation,
+            f"{plan.manifest.generation} holds no files (it was written from an empty "
+            "source); there is nothing in it to restore",
+            hint="restore an older generation with --from NAME (see `itsup backup list`), "
+            "or let --fallback take the newest one that holds files",
+        )
     if not matched:
         known = sorted(
             {
