@@ -47,6 +47,7 @@ from itsup.config import (
     BackupConfig,
     CompressionConfig,
     EncryptionConfig,
+    GuardConfig,
     ItsupConfig,
     LocalConfig,
     MonitoringConfig,
@@ -114,6 +115,9 @@ KEYS: dict[Key, frozenset[str]] = {
         ("backup", "monitoring", "rpo"): "none int str",
         ("backup", "monitoring", "metrics_file"): "none str",
         ("backup", "monitoring", "healthchecks"): "none str",
+        ("backup", "guard"): "dict",
+        ("backup", "guard", "min_ratio"): "int float",
+        ("backup", "orphan_grace"): "int str",
         ("notify",): "none list",
         ("notify", 0): "str dict",
         ("notify", 0, "url"): "str",
@@ -136,6 +140,7 @@ MODELS: dict[Key, type] = {
     ("backup", "compression"): CompressionConfig,
     ("backup", "encryption"): EncryptionConfig,
     ("backup", "monitoring"): MonitoringConfig,
+    ("backup", "guard"): GuardConfig,
     ("notify", 0): NotifyTarget,
 }
 
