@@ -20,7 +20,7 @@ from typing import Any
 from itsup import sops
 from itsup.errors import ConfigError, IntegrityError, ItsupError, UsageError
 from itsup.git import GitError, GitRemoteError, Repo, git, mask
-from itsup.layout import Layout
+from itsup.layout import PROJECT_FILES, Layout, project_checks
 from itsup.repos import (
     AGE_KEY_ERE,
     SECRETS_EXTRAS,
@@ -34,8 +34,6 @@ from itsup.repos import (
 
 # The snapshot verbs share one logger: the host log names them all "itsup.snapshot".
 log = logging.getLogger("itsup.snapshot")
-
-PROJECT_FILES = ("docker-compose.yml", "ingress.yml")
 
 
 @dataclass
@@ -245,17 +243,19 @@ def _check_config(root: Path, report: VerifyReport, shared: bool) -> None:
 
 
 def _check_projects(root: Path, report: VerifyReport) -> None:
-    projects = root / "projects"
-    if not projects.is_dir():
+    layout = Layout(root)
+    if not layout.projects.is_dir():
         return
-    folders = sorted(p for p in projects.iterdir() if p.is_dir() and not p.name.startswith("."))
-    if not folders:
+    projects = project_checks(layout)
+    if not projects:
         report.add("projects/", "warn", "no project folders in the remote")
-    for folder in folders:
-        missing = [f for f in PROJECT_FILES if not (folder / f).is_file()]
-        item = f"projects/{folder.name}"
-        if missing:
-            report.add(item, "fail", f"missing {' and '.join(missing)}")
+    for project in projects:
+        item = f"projects/{project.name}"
+        # A failure here, a warning in `itsup init`: a restore from this remote
+        # would bring up a project without its compose or ingress file, while
+        # init only reports on a host that may still be being set up.
+        if project.missing:
+            report.add(item, "fail", f"missing {' and '.join(project.missing)}")
         else:
             report.add(item, "ok", " and ".join(PROJECT_FILES) + " present")
 
