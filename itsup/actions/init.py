@@ -526,6 +526,20 @@ def _pull(co: _Checkout, secrets_dir: Path) -> Item:
             hint=f"merge or rebase by hand in {repo.top} (e.g. `git pull --rebase`), push, "
             "then run itsup init again",
         )
+    _fast_forward(co, secrets_dir, upstream)
+    new = repo.head()
+    return Item(co.label, "ok", f"updated {_short(old)}..{_short(new)} ({behind} new commit(s))")
+
+
+def _fast_forward(co: _Checkout, secrets_dir: Path, upstream: str) -> None:
+    """`git merge --ff-only upstream` in a checkout already known to be only behind it.
+
+    itsup's own edits to secrets/.gitignore are set aside first (so the merge
+    cannot trip on them) and written again if the merge fails. GitError names
+    the local files the new commits would overwrite, or quotes git's reason.
+    """
+    repo = co.repo
+    assert repo is not None
     if co.secrets_in:
         _set_aside_gitignore(repo, secrets_dir)
     try:
@@ -547,8 +561,6 @@ def _pull(co: _Checkout, secrets_dir: Path) -> Item:
         if co.secrets_in and secrets_dir.is_dir():
             ensure_gitignore(secrets_dir)
         raise
-    new = repo.head()
-    return Item(co.label, "ok", f"updated {_short(old)}..{_short(new)} ({behind} new commit(s))")
 
 
 # -- secrets/.gitignore ----------------------------------------------------------------

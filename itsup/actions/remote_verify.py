@@ -24,6 +24,7 @@ from itsup.layout import PROJECT_FILES, Layout, project_checks
 from itsup.repos import (
     AGE_KEY_ERE,
     SECRETS_EXTRAS,
+    Repos,
     find_repos,
     folder_prefix,
     is_plaintext_secret,
@@ -347,6 +348,34 @@ def verify_remotes(
     workdir: Path | None = None,
 ) -> VerifyReport:
     """Clone the remotes into a scratch host root and check a restore would work."""
+    repos, projects_url, secrets_url = _remote_urls(layout, projects_url, secrets_url)
+    shared = secrets_url == projects_url
+    report = VerifyReport(mask(projects_url), mask(secrets_url), shared)
+    with _workspace(workdir) as clone:
+        if workdir is not None:
+            report.workdir = str(workdir)
+        root, sources = _sources(clone, layout, repos, projects_url, secrets_url)
+        cloned = [src for src in sources if _clone(src, report)]
+        names = {src.name for src in cloned}
+        if names & {"projects", "host"}:
+            _check_config(root, report, shared)
+            _check_projects(root, report)
+        if names & {"secrets", "host"}:
+            _check_secrets(root, report)
+        if cloned:
+            _check_leaks(cloned, report)
+    return report
+
+
+def _remote_urls(
+    layout: Layout | None, projects_url: str | None, secrets_url: str | None
+) -> tuple[Repos | None, str, str]:
+    """(this host's repositories if any, projects URL, secrets URL) to verify.
+
+    A URL not given is the remote of the local repository. With no host root
+    (or one without repositories) and only --projects-url, one repository holds
+    both. ConfigError when a folder has no remote to verify.
+    """
     repos = None
     if layout is not None:
         try:
@@ -376,33 +405,32 @@ def verify_remotes(
                 )
         else:
             secrets_url = projects_url  # no host here: one repository holds both
-    shared = secrets_url == projects_url
-    report = VerifyReport(mask(projects_url), mask(secrets_url), shared)
-    with _workspace(workdir) as clone:
-        if workdir is not None:
-            report.workdir = str(workdir)
-        root = clone
-        if shared:
-            local = None
-            if repos is not None and repos.shared and layout is not None:
-                local = Repo(repos.projects.top, "projects/ and secrets/")
-                inner = local.rel(layout.root)  # the repository may hold more than the host
-                root = clone if inner == "." else clone / inner
-            prefix = root.relative_to(clone).as_posix() + "/secrets/"
-            prefix = prefix.removeprefix("./")
-            sources = [_Source("host", projects_url, clone, local, layout, prefix)]
-        else:
-            sources = [
-                _Source("projects", projects_url, root / "projects", local_projects, layout, None),
-                _Source("secrets", secrets_url, root / "secrets", local_secrets, layout, ""),
-            ]
-        cloned = [src for src in sources if _clone(src, report)]
-        names = {src.name for src in cloned}
-        if names & {"projects", "host"}:
-            _check_config(root, report, shared)
-            _check_projects(root, report)
-        if names & {"secrets", "host"}:
-            _check_secrets(root, report)
-        if cloned:
-            _check_leaks(cloned, report)
-    return report
+    return repos, projects_url, secrets_url
+
+
+def _sources(
+    clone: Path, layout: Layout | None, repos: Repos | None, projects_url: str, secrets_url: str
+) -> tuple[Path, list[_Source]]:
+    """(the scratch host root inside `clone`, the remotes to clone into it).
+
+    Two URLs: projects/ and secrets/ cloned side by side in `clone`. One URL:
+    the repository cloned at `clone`; when this host keeps both folders in one
+    repository that holds more than the host root, the host root is the same
+    subfolder of the clone.
+    """
+    if secrets_url != projects_url:
+        local_projects = repos.projects if repos else None
+        local_secrets = repos.secrets if repos else None
+        return clone, [
+            _Source("projects", projects_url, clone / "projects", local_projects, layout, None),
+            _Source("secrets", secrets_url, clone / "secrets", local_secrets, layout, ""),
+        ]
+    root = clone
+    local = None
+    if repos is not None and repos.shared and layout is not None:
+        local = Repo(repos.projects.top, "projects/ and secrets/")
+        inner = local.rel(layout.root)  # the repository may hold more than the host
+        root = clone if inner == "." else clone / inner
+    prefix = root.relative_to(clone).as_posix() + "/secrets/"
+    prefix = prefix.removeprefix("./")
+    return root, [_Source("host", projects_url, clone, local, layout, prefix)]
