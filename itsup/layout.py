@@ -11,6 +11,8 @@ from itsup.errors import ConfigError
 CONFIG_RELPATH = Path("projects") / "itsup.yml"
 # What a state backup holds, relative to the host root, as the spec lists it.
 STATE_DIRS = ("upstream", "proxy")
+# What every project folder in projects/ holds (the spec's project layout).
+PROJECT_FILES = ("docker-compose.yml", "ingress.yml")
 
 
 @dataclass(frozen=True)
@@ -51,11 +53,6 @@ class Layout:
     def lock_file(self) -> Path:
         return self.root / ".itsup-backup.lock"
 
-    def projects_in_upstream(self) -> list[str]:
-        if not self.upstream.is_dir():
-            return []
-        return sorted(p.name for p in self.upstream.iterdir() if p.is_dir())
-
 
 def find_root(explicit: str | os.PathLike[str] | None = None, cwd: Path | None = None) -> Layout:
     """Find the host root: `--root`, else ITSUP_ROOT, else walk up to projects/itsup.yml."""
@@ -76,3 +73,35 @@ def find_root(explicit: str | os.PathLike[str] | None = None, cwd: Path | None =
         f"no host root found: neither {here} nor any parent holds {CONFIG_RELPATH}",
         hint="run from inside the host tree, or pass --root / set ITSUP_ROOT",
     )
+
+
+@dataclass(frozen=True)
+class ProjectCheck:
+    """One project folder and which of PROJECT_FILES it lacks (in PROJECT_FILES order)."""
+
+    folder: Path
+    missing: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.folder.name
+
+
+def project_checks(layout: Layout) -> list[ProjectCheck]:
+    """Every project folder in projects/, sorted by name, with the files it lacks.
+
+    A project folder is a folder (or a link to one) directly in projects/ whose
+    name does not start with "." (`.git` and the like are not projects); plain
+    files there are not projects either. No projects/ folder: an empty list.
+    Reads the tree and reports, nothing else: each caller decides how severe a
+    missing file is.
+    """
+    if not layout.projects.is_dir():
+        return []
+    folders = sorted(
+        p for p in layout.projects.iterdir() if p.is_dir() and not p.name.startswith(".")
+    )
+    return [
+        ProjectCheck(folder, tuple(f for f in PROJECT_FILES if not (folder / f).is_file()))
+        for folder in folders
+    ]

@@ -429,6 +429,49 @@ def test_recover_with_nothing_good_fails_clearly_and_changes_nothing(
     assert not (secrets_repo / "app.txt").exists()
 
 
+def test_recover_refuses_to_replace_edited_plaintext_and_writes_nothing(
+    keyed_host: Path, secrets_repo: Path
+):
+    enc = secrets_repo / "app.enc.txt"
+    enc.write_bytes(b"")  # damaged working copy: recovery would take HEAD
+    (secrets_repo / "app.txt").write_text(PLAIN + "EDITED=1\n")
+    r = run_itsup("secrets", "recover", "app", root=keyed_host)
+    assert r.code == 1, r.err
+    assert "secrets/app.txt: differs from the recovered secrets; nothing changed" in r.err
+    assert enc.read_bytes() == b""
+    assert (secrets_repo / "app.txt").read_text() == PLAIN + "EDITED=1\n"
+    assert not list(secrets_repo.glob("app.enc.txt.damaged-*"))
+    no_secret(r.out, r.err)
+
+    r = run_itsup("secrets", "recover", "app", "--force", root=keyed_host)
+    assert r.code == 0, r.err
+    assert (secrets_repo / "app.txt").read_text() == PLAIN + "VERSION=2\n"
+    assert len(list(secrets_repo.glob("app.enc.txt.damaged-*"))) == 1
+
+
+@pytest.mark.parametrize(
+    ("rev", "code", "words"),
+    [
+        ("no-such-ref", 2, "'no-such-ref' is not a commit in secrets/"),
+        ("HEAD~2", 1, "secrets/gone.enc.txt: not in commit"),
+    ],
+)
+def test_recover_a_named_revision_that_cannot_be_used(
+    keyed_host: Path, secrets_repo: Path, rev: str, code: int, words: str
+):
+    name = "app" if rev == "no-such-ref" else "gone"
+    r = run_itsup("secrets", "recover", name, "--rev", rev, root=keyed_host)
+    assert r.code == code, r.err
+    assert words in r.err and "Traceback" not in r.err
+
+
+def test_recover_a_file_never_seen_says_so(keyed_host: Path, secrets_repo: Path):
+    r = run_itsup("secrets", "recover", "never", root=keyed_host)
+    assert r.code == 1, r.err
+    assert "secrets/never.enc.txt: not found, and git has no history of it" in r.err
+    assert not (secrets_repo / "never.txt").exists()
+
+
 def test_recover_outside_git_says_so(keyed_host: Path):
     (keyed_host / "secrets" / "app.txt").write_text(PLAIN)
     assert run_itsup("encrypt", root=keyed_host).code == 0

@@ -379,7 +379,7 @@ def check_tree(root: Path, entries: Any, tops: list[str]) -> TreeCheck:
 
 def _check_git(host: Host, result: DrillResult, root: Path) -> ItsupError | None:
     """snapshot verify's checks, cloned into the drill's root; the error if they failed."""
-    from itsup.actions.snapshot import verify_remotes
+    from itsup.actions.remote_verify import verify_remotes
 
     try:
         report = verify_remotes(host.layout, workdir=root / "git")

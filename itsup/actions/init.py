@@ -32,7 +32,7 @@ from itsup import sops
 from itsup.errors import ConfigError, ExitCode, ItsupError, UsageError
 from itsup.fsutil import atomic_write
 from itsup.git import GitError, GitRemoteError, Repo, git, mask
-from itsup.layout import Layout
+from itsup.layout import PROJECT_FILES, Layout, project_checks
 
 Status = Literal["ok", "info", "warning", "error"]
 Kind = Literal["absent", "own", "shared", "foreign"]
@@ -53,7 +53,6 @@ IGNORE_LINES = (
     ".*.txt.sw?",
 )
 _MANAGED = {*IGNORE_LINES, _IGNORE_HEADER}
-PROJECT_FILES = ("docker-compose.yml", "ingress.yml")
 
 
 @dataclass(frozen=True)
@@ -527,6 +526,20 @@ def _pull(co: _Checkout, secrets_dir: Path) -> Item:
             hint=f"merge or rebase by hand in {repo.top} (e.g. `git pull --rebase`), push, "
             "then run itsup init again",
         )
+    _fast_forward(co, secrets_dir, upstream)
+    new = repo.head()
+    return Item(co.label, "ok", f"updated {_short(old)}..{_short(new)} ({behind} new commit(s))")
+
+
+def _fast_forward(co: _Checkout, secrets_dir: Path, upstream: str) -> None:
+    """`git merge --ff-only upstream` in a checkout already known to be only behind it.
+
+    itsup's own edits to secrets/.gitignore are set aside first (so the merge
+    cannot trip on them) and written again if the merge fails. GitError names
+    the local files the new commits would overwrite, or quotes git's reason.
+    """
+    repo = co.repo
+    assert repo is not None
     if co.secrets_in:
         _set_aside_gitignore(repo, secrets_dir)
     try:
@@ -548,8 +561,6 @@ def _pull(co: _Checkout, secrets_dir: Path) -> Item:
         if co.secrets_in and secrets_dir.is_dir():
             ensure_gitignore(secrets_dir)
         raise
-    new = repo.head()
-    return Item(co.label, "ok", f"updated {_short(old)}..{_short(new)} ({behind} new commit(s))")
 
 
 # -- secrets/.gitignore ----------------------------------------------------------------
@@ -709,19 +720,19 @@ def check_projects(layout: Layout, result: InitResult) -> None:
     traefik = layout.projects / "traefik.yml"
     if layout.projects.is_dir() and not traefik.is_file():
         result.add(_rel(layout, traefik), "warning", "not found (Traefik's static configuration)")
-    folders = (
-        sorted(p for p in layout.projects.iterdir() if p.is_dir() and not p.name.startswith("."))
-        if layout.projects.is_dir()
-        else []
-    )
-    if not folders:
+    projects = project_checks(layout)
+    if not projects:
         result.add(PROJECTS, "info", "no project folders yet")
-    for folder in folders:
-        missing = [f for f in PROJECT_FILES if not (folder / f).is_file()]
-        name = f"project {folder.name}"
-        if missing:
+    for project in projects:
+        name = f"project {project.name}"
+        # A warning here, a failure in `snapshot verify`: init reports on a host
+        # being set up (projects may still be written, and the layout report
+        # only informs, README "Set up a host"), while verify asks whether a
+        # restore from the remote would be complete (exit 5 when not).
+        if project.missing:
             result.add(
-                name, "warning", f"{' and '.join(missing)} missing in {_rel(layout, folder)}/",
+                name, "warning",
+                f"{' and '.join(project.missing)} missing in {_rel(layout, project.folder)}/",
                 hint="every project folder holds docker-compose.yml and ingress.yml",
             )  # fmt: skip
         else:

@@ -431,28 +431,74 @@ def recover(
     current = dst.read_bytes() if dst.is_file() else None
     repo = _secrets_repo(layout)
     path = repo.rel(dst)
-
-    candidates: list[tuple[Revision | None, bytes | None]] = []
     if rev is not None:
-        commit = repo.run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
-        if not commit:
-            raise UsageError(f"{rev!r} is not a commit in {repo.label}")
-        data = _show(repo, commit, path)
-        if data is None:
-            raise NotFoundError(f"{rel}: not in commit {commit[:8]}")
-        info = repo.run("log", "-1", "--format=%H%x1f%aI%x1f%an%x1f%s", commit).split("\x1f")
-        candidates.append((Revision(*([*info, "", "", ""])[:4]), data))
+        candidates = [_given_revision(repo, rev, path, rel)]
     else:
-        if current is not None:
-            candidates.append((None, current))
-        for past in history(layout, name, check=False):
-            candidates.append((past, _show(repo, past.commit, path)))
-        if not candidates:
-            raise NotFoundError(
-                f"{rel}: not found, and git has no history of it",
-                hint="last resort: recreate the secrets by hand and `itsup encrypt` them",
-            )
+        candidates = _every_revision(layout, repo, name, path, rel, current)
+    found = _first_that_decrypts(layout, rel, candidates, strict=rev is not None)
+    revision = found.revision
+    result = RecoverResult(
+        rel, revision.commit if revision else "working copy", revision, found.skipped
+    )
+    result.dry_run = dry_run
+    if not dry_run:
+        _put_back(layout, name, current, found, force, result)
+    return result
 
+
+# A revision to try: None for the working copy; its bytes, None where the file is deleted.
+_Candidate = tuple[Revision | None, bytes | None]
+
+
+def _given_revision(repo: Repo, rev: str, path: str, rel: str) -> _Candidate:
+    """The file as `rev` holds it (`--rev`); UsageError or NotFoundError when it cannot."""
+    commit = repo.run("rev-parse", "--verify", "--quiet", f"{rev}^{{commit}}", check=False)
+    if not commit:
+        raise UsageError(f"{rev!r} is not a commit in {repo.label}")
+    data = _show(repo, commit, path)
+    if data is None:
+        raise NotFoundError(f"{rel}: not in commit {commit[:8]}")
+    info = repo.run("log", "-1", "--format=%H%x1f%aI%x1f%an%x1f%s", commit).split("\x1f")
+    return Revision(*([*info, "", "", ""])[:4]), data
+
+
+def _every_revision(
+    layout: Layout, repo: Repo, name: str, path: str, rel: str, current: bytes | None
+) -> list[_Candidate]:
+    """The working copy (when there is one), then every commit that touched the file, newest first.
+
+    NotFoundError when there is neither a working copy nor any history.
+    """
+    candidates: list[_Candidate] = []
+    if current is not None:
+        candidates.append((None, current))
+    for past in history(layout, name, check=False):
+        candidates.append((past, _show(repo, past.commit, path)))
+    if not candidates:
+        raise NotFoundError(
+            f"{rel}: not found, and git has no history of it",
+            hint="last resort: recreate the secrets by hand and `itsup encrypt` them",
+        )
+    return candidates
+
+
+@dataclass
+class _Decrypted:
+    revision: Revision | None  # None: the working copy
+    data: bytes  # the .enc.txt as that revision holds it
+    plaintext: bytes
+    skipped: list[Revision]  # newer revisions that did not decrypt, with their status set
+
+
+def _first_that_decrypts(
+    layout: Layout, rel: str, candidates: list[_Candidate], strict: bool
+) -> _Decrypted:
+    """The first candidate that decrypts, in memory; nothing is written.
+
+    `strict` (a revision named with --rev) lets its decryption error through.
+    Otherwise, when none decrypts: the key error when every revision failed
+    for want of a key, else IntegrityError.
+    """
     skipped: list[Revision] = []
     key_problem: ItsupError | None = None
     for revision, data in candidates:
@@ -465,7 +511,7 @@ def recover(
         try:
             plaintext = sops.decrypt(data, where, layout.secrets)
         except ItsupError as exc:
-            if rev is not None:
+            if strict:
                 raise
             if isinstance(exc, ConfigError) and key_problem is None:
                 key_problem = exc
@@ -473,35 +519,51 @@ def recover(
                 revision.status = "no key" if isinstance(exc, ConfigError) else "damaged"
                 skipped.append(revision)
             continue
-        result = RecoverResult(
-            rel, revision.commit if revision else "working copy", revision, skipped
-        )
-        result.dry_run = dry_run
-        if dry_run:
-            return result
-        # The plaintext check comes first: nothing is written if it would be refused.
-        if plain_path(layout, name).is_file() and not force:
-            current_plain = plain_path(layout, name).read_bytes()
-            if _canonical(current_plain) != _canonical(plaintext):
-                raise ConflictError(
-                    f"{_rel(layout, plain_path(layout, name))}: differs from the recovered secrets; "
-                    "nothing changed",
-                    hint="move it aside (it may hold edits you want), or pass --force to replace it",
-                )
-        if revision is not None and current is not None and current != data:
-            aside = dst.with_name(f"{dst.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
-            atomic_write(aside, current, ENC_MODE)
-            result.set_aside = _rel(layout, aside)
-        if revision is not None and current != data:
-            atomic_write(dst, data, ENC_MODE)
-        result.plaintext = write_plaintext(layout, name, plaintext, force=True)
-        return result
+        return _Decrypted(revision, data, plaintext, skipped)
     if key_problem is not None and all(r.status == "no key" for r in skipped):
         raise key_problem
+    with_working_copy = any(revision is None for revision, _ in candidates)
     raise IntegrityError(
         f"{rel}: no revision decrypts ({len(skipped)} tried"
-        + (", the working copy too" if current is not None and rev is None else "")
+        + (", the working copy too" if with_working_copy else "")
         + ")",
         hint="revisions the local key cannot open need the key they were encrypted for "
         "(SOPS_AGE_KEY_FILE); otherwise recreate the secrets and `itsup encrypt` them",
     )
+
+
+def _put_back(
+    layout: Layout,
+    name: str,
+    current: bytes | None,
+    found: _Decrypted,
+    force: bool,
+    result: RecoverResult,
+) -> None:
+    """Write the recovered .enc.txt and its plaintext, keeping a damaged working copy aside.
+
+    The plaintext check comes first: ConflictError, with nothing written, when
+    NAME.txt holds something else and `force` is not given. The working copy
+    is replaced only by a revision from git that differs from it, and kept
+    beside it as NAME.enc.txt.damaged-<time>. Fills `result.set_aside` and
+    `result.plaintext`.
+    """
+    dst = enc_path(layout, name)
+    plain = plain_path(layout, name)
+    if (
+        not force
+        and plain.is_file()
+        and _canonical(plain.read_bytes()) != _canonical(found.plaintext)
+    ):
+        raise ConflictError(
+            f"{_rel(layout, plain)}: differs from the recovered secrets; nothing changed",
+            hint="move it aside (it may hold edits you want), or pass --force to replace it",
+        )
+    from_git = found.revision is not None
+    if from_git and current is not None and current != found.data:
+        aside = dst.with_name(f"{dst.name}.damaged-{time.strftime('%Y%m%d-%H%M%S')}")
+        atomic_write(aside, current, ENC_MODE)
+        result.set_aside = _rel(layout, aside)
+    if from_git and current != found.data:
+        atomic_write(dst, found.data, ENC_MODE)
+    result.plaintext = write_plaintext(layout, name, found.plaintext, force=True)

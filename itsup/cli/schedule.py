@@ -4,10 +4,14 @@ backups, restore drills and stale checks unattended."""
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import click
 
 from itsup.cli.output import err, out
+
+if TYPE_CHECKING:
+    from itsup.actions.schedule import Outcome, Rendered
 
 
 def _say(text: str) -> None:
@@ -40,6 +44,58 @@ def _config_problem(root: str | None) -> str | None:
     except ItsupError as exc:
         return exc.message.splitlines()[0]
     return None
+
+
+def _default_kind(unit_dir: str | None, user: bool, cron_file: str | None) -> str:
+    """The scheduler when neither --systemd nor --cron is given.
+
+    An option only one of them has picks it (--unit-dir or --user: systemd,
+    --cron-file: cron); otherwise systemd where it runs, else cron.
+    """
+    from itsup.actions import schedule as act
+
+    if unit_dir is not None or user:
+        return "systemd"
+    if cron_file is not None:
+        return "cron"
+    return act.default_kind()
+
+
+def _warn_unrunnable(ctx: click.Context, drill: str, check: bool) -> None:
+    """Warn (and only warn) about what would make the scheduled jobs fail when they run.
+
+    Jobs naming a `backup` subcommand this itsup lacks, and a host
+    configuration that does not load. Neither stops the schedule from being
+    shown or installed: the operator may fix either afterwards.
+    """
+    for missing in _missing_commands(ctx, drill, check):
+        _warn(
+            f"this itsup has no `backup {missing}` command: that job will fail until it does "
+            f"(or leave it out with {'--drill off' if missing == 'drill' else '--no-check'})"
+        )
+    problem = _config_problem(ctx.obj["root"])
+    if problem is not None:
+        _warn(f"the scheduled runs will fail until the configuration is fixed: {problem}")
+
+
+def _show(rendered: list[Rendered], kind: str) -> None:
+    """Print the files `--install` would write, each under its label; write nothing."""
+    from itsup.actions import schedule as act
+
+    for i, f in enumerate(rendered):
+        _say(("\n" if i else "") + f"# --- {f.label} ---")
+        _say(f.text.rstrip("\n"))
+    if kind == "systemd" and not act.systemd_running():
+        _note("systemd is not running on this machine; --cron schedules with cron")
+    _note("nothing written; add --install to install this")
+
+
+def _report(outcome: Outcome) -> None:
+    """Print what an install or uninstall did (stdout) and its notes (stderr)."""
+    for line in outcome.done:
+        _say(line)
+    for line in outcome.notes:
+        _note(line)
 
 
 @click.command("schedule")
@@ -148,12 +204,7 @@ def schedule(
     if logrotate_file is not None:
         logrotate = True
     if kind is None:
-        if unit_dir is not None or user:
-            kind = "systemd"
-        elif cron_file is not None:
-            kind = "cron"
-        else:
-            kind = act.default_kind()
+        kind = _default_kind(unit_dir, user, cron_file)
     layout = find_root(ctx.obj["root"])
     opts = act.Options(
         kind=kind,
@@ -172,32 +223,12 @@ def schedule(
     )
     if uninstall:
         log_to_host(layout)
-        outcome = act.uninstall(layout, opts)
-        for line in outcome.done:
-            _say(line)
-        for line in outcome.notes:
-            _note(line)
+        _report(act.uninstall(layout, opts))
         return
     rendered = act.render(layout, opts)
-    for missing in _missing_commands(ctx, drill, check):
-        _warn(
-            f"this itsup has no `backup {missing}` command: that job will fail until it does "
-            f"(or leave it out with {'--drill off' if missing == 'drill' else '--no-check'})"
-        )
-    problem = _config_problem(ctx.obj["root"])
-    if problem is not None:
-        _warn(f"the scheduled runs will fail until the configuration is fixed: {problem}")
+    _warn_unrunnable(ctx, drill, check)
     if not install:
-        for i, f in enumerate(rendered):
-            _say(("\n" if i else "") + f"# --- {f.label} ---")
-            _say(f.text.rstrip("\n"))
-        if kind == "systemd" and not act.systemd_running():
-            _note("systemd is not running on this machine; --cron schedules with cron")
-        _note("nothing written; add --install to install this")
+        _show(rendered, kind)
         return
     log_to_host(layout)
-    outcome = act.install(layout, opts)
-    for line in outcome.done:
-        _say(line)
-    for line in outcome.notes:
-        _note(line)
+    _report(act.install(layout, opts))

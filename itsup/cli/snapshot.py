@@ -101,7 +101,7 @@ def snapshot(ctx: click.Context, tag: bool, note: str | None) -> int | None:
 @click.pass_context
 def prune(ctx: click.Context, keep_last: int | None, older_than: str | None, dry_run: bool) -> None:
     """Remove old backup-* tags, locally and on the remote."""
-    from itsup.actions.snapshot import prune_tags
+    from itsup.actions.tags import prune_tags
     from itsup.durations import parse_duration
 
     if keep_last is None and older_than is None:
@@ -171,7 +171,7 @@ def verify(
     Exit codes: 0 all passed (warnings allowed), 5 a check failed,
     6 a remote could not be cloned.
     """
-    from itsup.actions.snapshot import verify_remotes
+    from itsup.actions.remote_verify import verify_remotes
 
     layout: Layout | None
     try:
