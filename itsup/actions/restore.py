@@ -128,7 +128,9 @@ def _project_names(layout: Layout) -> list[str]:
     """Projects of this host, from its own tree (no storage access): upstream/ folders,
     else projects/ folders holding a docker-compose.yml."""
     try:
-        names = set(layout.projects_in_upstream())
+        names: set[str] = set()
+        if layout.upstream.is_dir():
+            names.update(p.name for p in layout.upstream.iterdir() if p.is_dir())
         if layout.projects.is_dir():
             names.update(
                 p.name for p in layout.projects.iterdir() if (p / "docker-compose.yml").is_file()
