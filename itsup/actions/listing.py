@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from itsup.generation import Generation, scan
+from itsup.generation import Generation, location, scan
 from itsup.host import Host
 
 
@@ -58,4 +58,4 @@ def list_generations(
     host: Host, target_choice: str | None = None
 ) -> tuple[str, list[GenerationRow]]:
     target, prefix = host.target(target_choice)
-    return target.name, [describe(g) for g in scan(target, prefix)]
+    return location(target, prefix), [describe(g) for g in scan(target, prefix)]
