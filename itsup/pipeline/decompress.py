@@ -13,8 +13,9 @@ from __future__ import annotations
 from collections.abc import Callable
 from typing import Any, BinaryIO
 
-from isal import isal_zlib
+from isal import igzip_threaded, isal_zlib
 
+from itsup.pipeline.compress import library_gzip
 from itsup.pipeline.stream import Pipe, Worker
 
 IN_CHUNK = 8 << 20  # one fetched S3 range: passed through without a copy
@@ -56,6 +57,8 @@ def inflate(upstream: Any, emit: Callable[[bytes], Any]) -> None:
 
 def gunzip_reader(upstream: BinaryIO) -> BinaryIO:
     """A readable stream of the decompressed content of a gzip `upstream`."""
+    if library_gzip("read"):
+        return igzip_threaded.open(upstream, "rb")
     pipe = Pipe(DEPTH)
 
     def run() -> None:

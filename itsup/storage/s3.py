@@ -17,11 +17,13 @@ from __future__ import annotations
 
 import contextlib
 import io
+import tempfile
 import threading
 import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 import boto3
@@ -32,9 +34,26 @@ from itsup.errors import NotFoundError, StorageError
 from itsup.storage.base import ObjectInfo
 
 MiB = 1024 * 1024
+GiB = 1024 * MiB
+TiB = 1024 * GiB
+# S3's limits on a multipart upload.
+MIN_PART = 5 * MiB  # every part but the last
+MAX_PART = 5 * GiB  # any part; also the largest single PUT
 MAX_PARTS = 10_000
-# Part size doubles every this many parts, so the 10,000-part limit is never hit.
+MAX_OBJECT = 5 * TiB
+# Part size doubles every this many parts, up to MAX_PART; the last group of
+# parts S3 allows is always MAX_PART, so an object of MAX_OBJECT fits in
+# MAX_PARTS parts whatever the start size (part_size_mb, 5 MiB to 5 GiB).
 PART_GROWTH_EVERY = 1000
+# The backup process aims to stay under 300 MB. Part buffers (the parts being
+# uploaded plus the one filling) get PART_MEMORY of it; the rest of a backup
+# (interpreter, libraries, compressor and encryption queues, file index) took
+# about 100 MiB in the benchmark, measured with parts of 5 MiB.
+PROCESS_MEMORY_BUDGET = 300 * 1000 * 1000
+PART_MEMORY = 128 * MiB
+# Parts uploaded at once from spool files, when parts are too large to hold
+# in memory: the spool holds at most this many parts plus the one filling.
+SPOOLED_IN_FLIGHT = 2
 READ_CHUNK = 8 * MiB
 # A body that breaks off (reset, timeout) is fetched again from where it broke,
 # at most this many times in a row without a byte of progress. A request that
@@ -62,17 +81,81 @@ def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
 
 
-class S3Writer:
-    """Multipart upload with bounded parts in flight; single PUT when small."""
+@dataclass(frozen=True)
+class PartPlan:
+    """How one part of a multipart upload is sent."""
 
-    def __init__(self, target: S3Target, key: str) -> None:
+    size: int  # bytes in the part (the last part of an object may hold fewer)
+    in_flight: int  # earlier parts that may still be uploading while this one fills
+    spooled: bool  # filled into an anonymous temporary file instead of memory
+
+    @property
+    def memory(self) -> int:
+        """Most bytes held in memory by part buffers while this part fills."""
+        return 0 if self.spooled else (self.in_flight + 1) * self.size
+
+
+def part_size(number: int, start_size: int) -> int:
+    """The size of part `number` (1-based) of an upload starting at `start_size`."""
+    if not 1 <= number <= MAX_PARTS:
+        raise ValueError(f"part number {number} is outside 1..{MAX_PARTS}")
+    if number > MAX_PARTS - PART_GROWTH_EVERY:
+        return MAX_PART
+    start = min(max(start_size, MIN_PART), MAX_PART)
+    return min(MAX_PART, start << ((number - 1) // PART_GROWTH_EVERY))
+
+
+def part_plan(number: int, start_size: int, max_concurrency: int) -> PartPlan:
+    """Size, parts in flight and memory or spool for part `number` of an upload.
+
+    Part buffers stay within PART_MEMORY at every object size: as parts grow,
+    fewer earlier parts stay in flight while one fills (never more than
+    `max_concurrency`); once even one part in flight plus the one filling would
+    not fit, part bodies are spooled to an anonymous temporary file instead,
+    SPOOLED_IN_FLIGHT of them at most.
+    """
+    size = part_size(number, start_size)
+    in_memory = PART_MEMORY // size - 1  # uploading, besides the one filling
+    if in_memory >= 1:
+        return PartPlan(size, min(max_concurrency, in_memory), spooled=False)
+    return PartPlan(size, min(max_concurrency, SPOOLED_IN_FLIGHT), spooled=True)
+
+
+def _too_large(name: str, key: str, size: int) -> StorageError:
+    return StorageError(
+        f"{name}: {key}: {size:,} bytes is more than S3 stores in one object "
+        f"({MAX_OBJECT:,} bytes, 5 TiB)"
+    )
+
+
+class S3Writer:
+    """Multipart upload with bounded parts in flight; single PUT when small.
+
+    A part fills a buffer of its planned size (`part_plan`); once full, that
+    buffer itself is the body of the UploadPart call, without a copy. When
+    parts are too large for memory, each is filled into an anonymous
+    temporary file instead (`tempfile.TemporaryFile`: unlinked from the
+    start, so nothing is left behind even after SIGKILL; mode 0600) and
+    uploaded from it; the file is seekable, so botocore can rewind it to
+    retry. Such a spool holds one part at a time per upload slot, never a
+    copy of the whole object, and each file is closed (freed) once its part
+    is uploaded.
+    """
+
+    def __init__(self, target: S3Target, key: str, size_hint: int | None = None) -> None:
+        if size_hint is not None and size_hint > MAX_OBJECT:
+            raise _too_large(target.name, key, size_hint)
         self.t = target
         self.key = key
-        self.part_size = target.part_size
-        self.buffer = bytearray()
+        self.plan = part_plan(1, target.part_size, target.max_concurrency)
+        self.buffer: bytearray | None = None  # the part filling, in memory
+        self.spool: BinaryIO | None = None  # the part filling, spooled
+        self.filled = 0  # bytes in the part filling
         self.upload_id: str | None = None
         self.parts: list[dict[str, Any]] = []
-        self.inflight: deque[Future[dict[str, Any]]] = deque()
+        self.sent = 0  # parts handed to the upload pool
+        # Parts handed over: (upload, its spool file or None, bytes it holds in memory).
+        self.inflight: deque[tuple[Future[dict[str, Any]], BinaryIO | None, int]] = deque()
         self.size = 0
         self.closed = False
 
@@ -88,59 +171,122 @@ class S3Writer:
             ) from None
         self.upload_id = resp["UploadId"]
 
-    def _upload_part(self, number: int, body: bytes) -> dict[str, Any]:
+    def _upload_part(self, number: int, body: bytearray | BinaryIO) -> dict[str, Any]:
         assert self.upload_id is not None
-        resp = self.t.client.upload_part(
-            Bucket=self.t.bucket,
-            Key=self.key,
-            UploadId=self.upload_id,
-            PartNumber=number,
-            Body=body,
-        )
+        try:
+            resp = self.t.client.upload_part(
+                Bucket=self.t.bucket,
+                Key=self.key,
+                UploadId=self.upload_id,
+                PartNumber=number,
+                # The part's own buffer, sent without a copy (the stubs list bytes only).
+                Body=body,  # type: ignore[arg-type]
+            )
+        finally:
+            if not isinstance(body, bytearray):
+                body.close()  # the spool file is gone with its last descriptor
         return {"PartNumber": number, "ETag": resp.get("ETag", "")}
 
     def _collect_one(self) -> None:
-        fut = self.inflight.popleft()
+        fut, spool, _held = self.inflight.popleft()
         try:
             self.parts.append(fut.result())
         except (ClientError, BotoCoreError) as exc:
             raise StorageError(f"{self.t.name}: uploading {self.key}: {_describe(exc)}") from None
+        finally:
+            if spool is not None:
+                spool.close()
 
     def _collect(self, block: bool) -> None:
-        while self.inflight and (block or self.inflight[0].done()):
+        while self.inflight and (block or self.inflight[0][0].done()):
             self._collect_one()
 
+    def held_memory(self) -> int:
+        """Bytes of part buffers in memory: the part filling and those handed over."""
+        filling = len(self.buffer) if self.buffer is not None else 0
+        return filling + sum(held for _fut, _spool, held in self.inflight)
+
+    def _fill(self, data: memoryview) -> None:
+        if self.plan.spooled:
+            try:
+                if self.spool is None:
+                    self.spool = tempfile.TemporaryFile()  # noqa: SIM115 - closed once uploaded
+                self.spool.write(data)
+            except OSError as exc:
+                raise self._spool_error(exc) from None
+        else:
+            if self.buffer is None:
+                self.buffer = bytearray(self.plan.size)
+            self.buffer[self.filled : self.filled + len(data)] = data
+        self.filled += len(data)
+
+    def _spool_error(self, exc: OSError) -> StorageError:
+        return StorageError(
+            f"{self.t.name}: uploading {self.key}: cannot spool a part of "
+            f"{self.plan.size:,} bytes to a temporary file in {tempfile.gettempdir()} "
+            f"({exc.strerror or exc})"
+        )
+
     def _send_part(self) -> None:
+        """Hand the part filling to the upload pool; the next part starts empty."""
         if self.upload_id is None:
             self._start()
-        number = len(self.parts) + len(self.inflight) + 1
-        if number > MAX_PARTS:
+        number = self.sent + 1
+        if number > MAX_PARTS:  # not reached: MAX_OBJECT fits in MAX_PARTS parts
             raise StorageError(f"{self.t.name}: {self.key} needs more than {MAX_PARTS} parts")
-        body = bytes(memoryview(self.buffer)[: self.part_size])  # one copy, not two
-        del self.buffer[: self.part_size]
-        while len(self.inflight) >= self.t.max_concurrency:
+        body: bytearray | BinaryIO
+        if self.spool is not None:
+            body, spool, self.spool = self.spool, self.spool, None
+            try:
+                body.flush()
+                body.seek(0)
+            except OSError as exc:
+                with contextlib.suppress(OSError):
+                    spool.close()
+                raise self._spool_error(exc) from None
+        else:
+            assert self.buffer is not None
+            body, spool, self.buffer = self.buffer, None, None
+            if self.filled < len(body):
+                del body[self.filled :]  # the last part
+        held = len(body) if isinstance(body, bytearray) else 0
+        self.inflight.append((self.t.pool.submit(self._upload_part, number, body), spool, held))
+        self.sent = number
+        self.filled = 0
+        if number < MAX_PARTS:
+            self.plan = part_plan(number + 1, self.t.part_size, self.t.max_concurrency)
+        # Only as many parts stay in flight as the next part's plan allows.
+        while len(self.inflight) > self.plan.in_flight:
             self._collect_one()
-        self.inflight.append(self.t.pool.submit(self._upload_part, number, body))
-        if number % PART_GROWTH_EVERY == 0:
-            self.part_size *= 2
 
     def write(self, data: bytes) -> int:
         if self.closed:
             raise StorageError(f"{self.t.name}: write to finished upload {self.key}")
-        self.buffer += data
-        self.size += len(data)
-        while len(self.buffer) >= self.part_size:
-            self._send_part()
+        n = len(data)
+        if self.size + n > MAX_OBJECT:
+            self.abort()
+            raise StorageError(
+                f"{self.t.name}: {self.key} grew past {MAX_OBJECT:,} bytes (5 TiB), the most "
+                "S3 stores in one object; the upload was aborted"
+            )
+        view = memoryview(data).cast("B")
+        while view:
+            room = self.plan.size - self.filled
+            self._fill(view[:room])
+            view = view[room:]
+            if self.filled == self.plan.size:
+                self._send_part()
+        self.size += n
         self._collect(block=False)
-        return len(data)
+        return n
 
     def commit(self) -> int:
         try:
             if self.upload_id is None:
-                self.t.put(self.key, bytes(self.buffer))
+                self._put_whole()
             else:
-                if self.buffer:
-                    self._send_part_tail()
+                if self.filled:
+                    self._send_part()  # the last part may be smaller than MIN_PART
                 self._collect(block=True)
                 self.parts.sort(key=lambda p: p["PartNumber"])
                 try:
@@ -166,6 +312,26 @@ class S3Writer:
             )
         return self.size
 
+    def _put_whole(self) -> None:
+        """An object smaller than one part: a single PutObject."""
+        if self.spool is not None:
+            spool, self.spool = self.spool, None
+            try:
+                try:
+                    spool.flush()
+                    spool.seek(0)
+                except OSError as exc:
+                    raise self._spool_error(exc) from None
+                self.t.put_body(self.key, spool)
+            finally:
+                with contextlib.suppress(OSError):
+                    spool.close()
+        else:
+            body = self.buffer if self.buffer is not None else bytearray()
+            self.buffer = None
+            del body[self.filled :]
+            self.t.put_body(self.key, body)
+
     def _completed_anyway(self, exc: Exception) -> bool:
         """Did a retried CompleteMultipartUpload fail only because the first one worked?
 
@@ -181,21 +347,19 @@ class S3Writer:
         except StorageError:
             return False
 
-    def _send_part_tail(self) -> None:
-        # The last part may be smaller than the minimum part size.
-        saved, self.part_size = self.part_size, max(len(self.buffer), 1)
-        try:
-            self._send_part()
-        finally:
-            self.part_size = saved
-
     def abort(self) -> None:
         self.closed = True
-        for fut in self.inflight:
+        self.buffer = None
+        if self.spool is not None:
+            self.spool.close()
+            self.spool = None
+        for fut, _spool, _held in self.inflight:
             fut.cancel()
-        for fut in self.inflight:
+        for fut, spool, _held in self.inflight:
             with contextlib.suppress(Exception):
                 fut.result()
+            if spool is not None:
+                spool.close()
         self.inflight.clear()
         if self.upload_id is not None:
             upload_id, self.upload_id = self.upload_id, None
@@ -384,7 +548,20 @@ class S3Target:
             raise StorageError(f"{self.name}: {what} {key}: {_describe(exc)}") from None
 
     def put(self, key: str, data: bytes) -> None:
-        self._call("writing", key, self.client.put_object, Key=key, Body=data, **self.extra_args())
+        if len(data) > MAX_PART:  # more than one PutObject takes
+            writer = self.open_writer(key, size_hint=len(data))
+            try:
+                writer.write(data)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.commit()
+            return
+        self.put_body(key, data)
+
+    def put_body(self, key: str, body: bytes | bytearray | BinaryIO) -> None:
+        """One PutObject (at most MAX_PART bytes) from bytes or a seekable file."""
+        self._call("writing", key, self.client.put_object, Key=key, Body=body, **self.extra_args())
 
     def get(self, key: str) -> bytes:
         """The whole object; a body that breaks off is read again (READ_RETRIES times)."""
@@ -399,8 +576,9 @@ class S3Target:
                     raise StorageError(f"{self.name}: reading {key}: {_describe(exc)}") from None
             time.sleep(min(0.2 * 2**failures, 5))
 
-    def open_writer(self, key: str) -> S3Writer:
-        return S3Writer(self, key)
+    def open_writer(self, key: str, size_hint: int | None = None) -> S3Writer:
+        """A streaming upload; one whose `size_hint` is over MAX_OBJECT is refused at once."""
+        return S3Writer(self, key, size_hint)
 
     def open_reader(self, key: str) -> BinaryIO:
         size = self.stat(key).size
@@ -430,7 +608,9 @@ class S3Target:
 
     def copy(self, src: str, dst: str) -> None:
         size = self.stat(src).size
-        if size <= 5 * 1024 * MiB:
+        if size > MAX_OBJECT:  # a provider with a higher limit may hold one
+            raise _too_large(self.name, dst, size)
+        if size <= MAX_PART:
             self._call(
                 "copying to",
                 dst,
@@ -443,11 +623,15 @@ class S3Target:
         self._copy_multipart(src, dst, size)
 
     def _copy_multipart(self, src: str, dst: str, size: int) -> None:
+        if size > MAX_OBJECT:
+            raise _too_large(self.name, dst, size)
+        # 512 MiB parts, or larger ones so that MAX_PARTS hold the object (at most
+        # 550 MB for MAX_OBJECT, well under MAX_PART).
+        part = max(512 * MiB, -(-size // MAX_PARTS))
         upload = self._call(
             "copying to", dst, self.client.create_multipart_upload, Key=dst, **self.extra_args()
         )
         upload_id = upload["UploadId"]
-        part = max(512 * MiB, -(-size // MAX_PARTS))
         try:
             parts = []
             for number, start in enumerate(range(0, size, part), 1):
