@@ -8,32 +8,13 @@ from typing import TYPE_CHECKING
 import click
 from rich.table import Table
 
+from itsup.cli.common import TARGET, open_host
 from itsup.cli.output import byte_progress, human_bytes, interactive, notice, out
 from itsup.errors import ExitCode
 from itsup.host import Host
 
 if TYPE_CHECKING:
     from itsup.actions.backup import BackupResult
-
-TARGET = click.option(
-    "--target",
-    "target_choice",
-    type=click.Choice(["s3", "local"]),
-    help="Which configured target to use (default: S3 if configured, else local).",
-)
-
-
-def _host(ctx: click.Context) -> Host:
-    from itsup.host import load_host
-    from itsup.layout import find_root
-    from itsup.log import log_to_host
-
-    # The log first: a run that fails on its configuration (broken YAML, a
-    # misspelt section, a missing placeholder) must still leave its ERROR
-    # record in logs/backup.log, where cron's operator looks.
-    layout = find_root(ctx.obj["root"])
-    log_to_host(layout)
-    return load_host(layout)
 
 
 def _source_size(host: Host) -> int:
@@ -71,7 +52,7 @@ def backup(ctx: click.Context, target_choice: str | None, allow_shrink: bool) ->
     from itsup.actions.backup import run_backup
     from itsup.monitor import monitored
 
-    host = _host(ctx)
+    host = open_host(ctx)
     with monitored(host.layout, host.config, "backup", _target_label(host, target_choice)) as run:
         show = interactive()
         total = _source_size(host) if show else None
@@ -137,7 +118,7 @@ def list_cmd(ctx: click.Context, target_choice: str | None, as_json: bool) -> No
     """List generations, newest first, and whether each is complete."""
     from itsup.actions.listing import list_generations
 
-    host = _host(ctx)
+    host = open_host(ctx)
     where, rows = list_generations(host, target_choice)
     if as_json:
         out.print(json.dumps([r.as_dict() for r in rows], indent=2), markup=False)
@@ -186,7 +167,7 @@ def status_cmd(ctx: click.Context, target_choice: str | None, as_json: bool) -> 
     """The newest backup on each target, and the last backup, verify and drill runs."""
     from itsup.actions.status import status
 
-    host = _host(ctx)
+    host = open_host(ctx)
     st = status(host, target_choice)
     if as_json:
         out.print(json.dumps(st.as_dict(), indent=2), markup=False)
@@ -261,7 +242,7 @@ def check_cmd(ctx: click.Context, target_choice: str | None, max_age: str | None
         limit = parse_duration(max_age) if max_age else None
     except ValueError as exc:
         raise UsageError(f"--max-age: {exc}") from None
-    host = _host(ctx)
+    host = open_host(ctx)
     seconds = limit if limit is not None else host.config.backup.monitoring.max_age
     with monitored(host.layout, host.config, "check") as run:
         run.record.details = {"max_age_seconds": seconds}

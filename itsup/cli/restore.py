@@ -9,7 +9,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from itsup.cli.backup import TARGET, _host
+from itsup.cli.common import TARGET, open_host
 from itsup.cli.output import byte_progress, err, human_bytes, interactive, notice, out
 from itsup.errors import IntegrityError, NotFoundError, UsageError
 
@@ -97,7 +97,7 @@ def restore(
     _check_arguments(
         ctx, what, path, generation, fallback, allow_external_links, refuse_external_links
     )
-    host = _host(ctx)
+    host = open_host(ctx)
     tried = _Fallback(fallback)
     while True:
         try:

@@ -11,7 +11,7 @@ import click
 from rich.table import Table
 from rich.text import Text
 
-from itsup.cli.backup import TARGET, _host
+from itsup.cli.common import TARGET, open_host
 from itsup.cli.output import human_bytes, notice, out
 from itsup.errors import ExitCode
 
@@ -80,7 +80,7 @@ def verify(
     from itsup.actions.verify import verify_backups
     from itsup.monitor import monitored
 
-    host = _host(ctx)
+    host = open_host(ctx)
     with monitored(host.layout, host.config, "verify") as run:
         result = verify_backups(
             host, generation, every=every, subset=subset, target_choice=target_choice
@@ -173,7 +173,7 @@ def drill(
     from itsup.actions.drill import run_drill
     from itsup.monitor import monitored
 
-    host = _host(ctx)
+    host = open_host(ctx)
     with monitored(host.layout, host.config, "drill") as run:
         result = run_drill(
             host,
