@@ -17,7 +17,13 @@ from typing import IO, Any
 
 from itsup.errors import IntegrityError
 
-FORMAT = "itsup-backup/1"
+FORMAT_NAME = "itsup-backup"
+# The manifest's major version. Readers accept their own version and ignore keys
+# they do not know (later minor additions, such as fields reserved below, must
+# never break an older reader); a higher version is refused with a message
+# saying to upgrade, never taken for damage or half read.
+FORMAT_VERSION = 1
+FORMAT = f"{FORMAT_NAME}/{FORMAT_VERSION}"
 
 
 @dataclass
@@ -56,7 +62,10 @@ class Entry:
     @classmethod
     def from_json(cls, line: str) -> Entry:
         data = json.loads(line)
-        return cls(**data)
+        try:
+            return cls(**data)
+        except TypeError:  # keys a later itsup added: ignored, as in the manifest
+            return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
 def _dumps(data: Any, **kw: Any) -> str:
@@ -102,6 +111,12 @@ class Manifest:
     problems: list[dict[str, str]] = field(default_factory=list)
     tool_version: str = ""
     format: str = FORMAT
+    # Reserved for what comes next, so that today's readers already accept them:
+    # the generation this one builds on (incremental chains; None: a full backup),
+    # and the database dumps it holds (one record each: project, service,
+    # adapter, engine version, path in the archive, size, SHA-256, result).
+    parent: str | None = None
+    dumps: list[dict[str, Any]] = field(default_factory=list)
 
     def to_bytes(self) -> bytes:
         return (_dumps(asdict(self), indent=2) + "\n").encode()
@@ -110,11 +125,11 @@ class Manifest:
     def from_bytes(cls, data: bytes, what: str) -> Manifest:
         try:
             raw = json.loads(data)
-            if raw.get("format") != FORMAT:
-                raise IntegrityError(f"{what}: unknown manifest format {raw.get('format')!r}")
-            raw["archive"] = ObjectRef(**raw["archive"])
-            raw["index"] = ObjectRef(**raw["index"])
-            return cls(**raw)
+            _check_format(raw.get("format"), what)
+            known = {k: v for k, v in raw.items() if k in cls.__dataclass_fields__}
+            known["archive"] = ObjectRef(**raw["archive"])
+            known["index"] = ObjectRef(**raw["index"])
+            return cls(**known)
         except IntegrityError:
             raise
         except (ValueError, TypeError, KeyError, AttributeError):
@@ -125,6 +140,22 @@ class Manifest:
     @property
     def encrypted(self) -> bool:
         return self.encryption is not None
+
+
+class NewerFormat(IntegrityError):
+    """A manifest written by a newer itsup, in a format this one cannot read."""
+
+
+def _check_format(value: Any, what: str) -> None:
+    name, _, version = str(value).partition("/")
+    if name != FORMAT_NAME or not version.isdigit():
+        raise IntegrityError(f"{what}: unknown manifest format {value!r}")
+    if int(version) > FORMAT_VERSION:
+        raise NewerFormat(
+            f"{what}: written in manifest format {value}, newer than this itsup reads "
+            f"({FORMAT}); nothing was read from it",
+            hint="upgrade itsup on this host to restore or verify this generation",
+        )
 
 
 class IndexWriter:
