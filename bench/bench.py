@@ -4,7 +4,6 @@ Usage (from the project root):
 
     .venv/bin/python bench/bench.py [--size-mb N] [--small-files N] [--repeat K]
                                     [--only itsup,naive,tar-gzip,restic] [--rss-scaling]
-                                    [--gzip-compare]
 
 Every measured command runs as its own process under a tiny launcher that reads the
 command's rusage with os.wait4 (peak RSS includes the waited-for descendants, so for a
@@ -55,7 +54,7 @@ RSS_TARGET_MIB = 300
 RSS_FLAT_FACTOR = 1.25
 
 # Runs one command, waits for it with os.wait4 and writes "<wait status> <maxrss KiB>
-# <seconds> <CPU seconds>" to the report file. The launcher is small, so the command does not inherit
+# <seconds>" to the report file. The launcher is small, so the command does not inherit
 # this (much bigger) process's memory high-water mark, which Linux carries across exec.
 LAUNCHER = """\
 import os, sys, time
@@ -65,7 +64,7 @@ pid = os.posix_spawnp(argv[0], argv, os.environ)
 _, status, usage = os.wait4(pid, 0)
 elapsed = time.monotonic() - start
 with open(report, "w") as f:
-    f.write(f"{status} {usage.ru_maxrss} {elapsed} {usage.ru_utime + usage.ru_stime}")
+    f.write(f"{status} {usage.ru_maxrss} {elapsed}")
 sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
 """
 
@@ -116,8 +115,6 @@ class Run:
     peak_rss_kib: int = 0
     output_bytes: int = 0
     note: str = ""
-    cpu_seconds: float = 0.0  # user + system time of the command and its children
-    archive_bytes: int = 0  # itsup: the archive object alone
 
 
 def log_tail(path: Path, lines: int = 3) -> str:
@@ -144,10 +141,9 @@ def run_measured(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> 
         proc.wait()
     if not report.exists():
         return Run(ok=False, note=f"could not start: {log_tail(log)}")
-    status, maxrss, seconds, cpu = report.read_text().split()
+    status, maxrss, seconds = report.read_text().split()
     code = os.waitstatus_to_exitcode(int(status))
     run = Run(ok=code == 0, seconds=float(seconds), peak_rss_kib=int(maxrss))
-    run.cpu_seconds = float(cpu)
     if code != 0:
         run.note = f"exit {code}: {log_tail(log) or 'no output'} (log: logs/{log.name})"
     return run
@@ -311,24 +307,21 @@ class Bench:
         for key in keys:
             self.s3.delete_object(Bucket=self.server.bucket, Key=key)
 
-    def prefix_bytes(self, prefix: str, skip: str | None = None, suffix: str = "") -> int:
-        """Total size of the objects under prefix ending with suffix, leaving out keys
-        starting with skip."""
+    def prefix_bytes(self, prefix: str, skip: str | None = None) -> int:
+        """Total size of the objects under prefix, leaving out keys starting with skip."""
         paginator = self.s3.get_paginator("list_objects_v2")
         return sum(
             obj["Size"]
             for page in paginator.paginate(Bucket=self.server.bucket, Prefix=prefix)
             for obj in page.get("Contents", [])
-            if (skip is None or not obj["Key"].startswith(skip)) and obj["Key"].endswith(suffix)
+            if skip is None or not obj["Key"].startswith(skip)
         )
 
-    def measure_restore(
-        self, name: str, argv_for: Callable[[Path], list[str]], env: dict[str, str] | None = None
-    ) -> Run:
+    def measure_restore(self, name: str, argv_for: Callable[[Path], list[str]]) -> Run:
         quiet_pause(self.pause)
         dest = self.restore_area.fresh()
         try:
-            run = run_measured(argv_for(dest), self.root, env or self.env, self.log(name))
+            run = run_measured(argv_for(dest), self.root, self.env, self.log(name))
             if run.ok:
                 problems = verify_restore(self.manifest, dest)
                 if problems:
@@ -463,27 +456,23 @@ def itsup_available(bench: Bench) -> str | None:
     return None
 
 
-def itsup_cycle(
-    bench: Bench, rep: int, env: dict[str, str] | None = None, tag: str = "itsup"
-) -> dict[str, Run]:
+def itsup_cycle(bench: Bench, rep: int) -> dict[str, Run]:
     reason = itsup_available(bench)
     if reason:
         return {"backup": Run(ok=False, note=reason), "restore": Run(ok=False, note=reason)}
-    env = env or bench.env
     bench.delete_prefix(ITSUP_PREFIX)
     quiet_pause(bench.pause)
     base = [str(bench.itsup), "--root", str(bench.root)]
-    backup = run_measured([*base, "backup"], bench.root, env, bench.log(f"{tag}-backup-{rep}"))
+    backup = run_measured(
+        [*base, "backup"], bench.root, bench.env, bench.log(f"itsup-backup-{rep}")
+    )
     if not backup.ok:
         return {"backup": backup, "restore": Run(ok=False, note="skipped: backup failed")}
     # The generation's objects (archive, index, manifest); not the `latest` alias, which is a
     # server-side copy of the archive.
     backup.output_bytes = bench.prefix_bytes(ITSUP_PREFIX, skip=ITSUP_PREFIX + "latest")
-    backup.archive_bytes = bench.prefix_bytes(ITSUP_PREFIX + "backup-", suffix=".tar.gz")
     restore = bench.measure_restore(
-        f"{tag}-restore-{rep}",
-        lambda dest: [*base, "restore", "all", "--to", str(dest), "--yes"],
-        env,
+        f"itsup-restore-{rep}", lambda dest: [*base, "restore", "all", "--to", str(dest), "--yes"]
     )
     return {"backup": backup, "restore": restore}
 
@@ -782,7 +771,7 @@ def write_results(new_sections: dict[str, str], history_line: str) -> None:
     ]
     # Sections this script owns first, in order; any other marked section (another
     # benchmark's, e.g. bench/million.py) is kept as it was, after them.
-    owned = ("main", "rss-scaling", "gzip-compare", "history")
+    owned = ("main", "rss-scaling", "history")
     for name in [*owned, *(n for n in sections if n not in owned)]:
         if name in sections:
             parts += [SECTION_START.format(name), sections[name], SECTION_END.format(name), ""]
@@ -898,128 +887,6 @@ def run_rss_scaling(args: argparse.Namespace) -> None:
     )
 
 
-# The switch itsup reads (itsup/pipeline/compress.py, library_gzip) to use isal.igzip_threaded
-# for gzip in both directions: for this comparison only, not a user option.
-GZIP_SWITCH = "ITSUP_BENCH_GZIP"
-GZIP_VARIANTS = (
-    ("itsup", "itsup's own gzip (pipeline/compress.py, pipeline/decompress.py)", None),
-    ("isal", "isal.igzip_threaded (writer and reader)", "isal"),
-    ("isal-read", "itsup's own writer, isal.igzip_threaded reader", "isal-read"),
-)
-
-
-def paired_ratio(subject: list[Run], baseline: list[Run], attr: str) -> str:
-    """Median and range of subject / baseline over the runs made side by side."""
-    ratios = [
-        getattr(s, attr) / getattr(b, attr)
-        for s, b in zip(subject, baseline, strict=True)
-        if s.ok and b.ok and getattr(b, attr)
-    ]
-    if not ratios:
-        return "n/a"
-    return f"{statistics.median(ratios):.3f}x (runs: {min(ratios):.3f} - {max(ratios):.3f})"
-
-
-def run_gzip_compare(args: argparse.Namespace) -> None:
-    """itsup backup + restore with its own gzip code and with isal.igzip_threaded, in turns."""
-    runs: dict[tuple[str, str], list[Run]] = {}
-    with bench_environment(args, args.size_mb, "tree") as bench:
-        if args.gzip_level is not None:
-            config = synth.itsup_config(
-                bench.server.bucket, bench.server.endpoint, ITSUP_PREFIX, args.gzip_level
-            )
-            (bench.root / "projects" / "itsup.yml").write_text(config)
-        for rep in range(1, args.repeat + 1):
-            # Rotate which goes first, so a drift in the machine's load favours none.
-            shift = (rep - 1) % len(GZIP_VARIANTS)
-            order = GZIP_VARIANTS[shift:] + GZIP_VARIANTS[:shift]
-            for name, _label, switch in order:
-                env = dict(bench.env)
-                env.pop(GZIP_SWITCH, None)
-                if switch:
-                    env[GZIP_SWITCH] = switch
-                print(f"[{rep}/{args.repeat}] itsup with gzip: {name} ...", flush=True)
-                for phase, run in itsup_cycle(bench, rep, env, f"gzip-{name}").items():
-                    runs.setdefault((name, phase), []).append(run)
-                    state = (
-                        f"{run.seconds:.2f} s, {run.cpu_seconds:.1f} CPU s, "
-                        f"{run.peak_rss_kib / 1024:.0f} MiB RSS"
-                        + (
-                            f", archive {fmt_mib(run.archive_bytes)} MiB"
-                            if run.archive_bytes
-                            else ""
-                        )
-                    )
-                    print(f"    {phase}: {state if run.ok else run.note}", flush=True)
-        tree, source_bytes = bench.tree, bench.manifest.bytes
-
-    rows = [
-        "| gzip code | Backup s | Backup CPU s | Archive MiB | Archive / source | "
-        "Backup peak RSS MiB | Restore s | Restore CPU s | Restore peak RSS MiB | Status |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---|",
-    ]
-    for name, label, _switch in GZIP_VARIANTS:
-        b = Summary(Scenario("itsup", "backup"), runs[(name, "backup")])
-        r = Summary(Scenario("itsup", "restore"), runs[(name, "restore")])
-        status = "ok" if b.ok and r.ok else (b.status if not b.ok else r.status)
-        if not (b.good and r.good):
-            rows.append(f"| {md_cell(label)} | - | - | - | - | - | - | - | - | {md_cell(status)} |")
-            continue
-        archive = b.median("archive_bytes")
-        rows.append(
-            f"| {md_cell(label)} | {b.median('seconds'):.2f} | {b.median('cpu_seconds'):.1f} | "
-            f"{fmt_mib(archive)} | {archive / source_bytes:.3f} | "
-            f"{b.median('peak_rss_kib') / 1024:.0f} | {r.median('seconds'):.2f} | "
-            f"{r.median('cpu_seconds'):.1f} | {r.median('peak_rss_kib') / 1024:.0f} | "
-            f"{md_cell(status)} |"
-        )
-    ratios = [
-        "Each variant / itsup's own, paired run by run (below 1: faster or smaller):",
-        "",
-    ]
-    for phase, attr, what in (
-        ("backup", "seconds", "backup wall time"),
-        ("backup", "cpu_seconds", "backup CPU time"),
-        ("backup", "archive_bytes", "archive size"),
-        ("backup", "peak_rss_kib", "backup peak RSS"),
-        ("restore", "seconds", "restore wall time"),
-        ("restore", "cpu_seconds", "restore CPU time"),
-        ("restore", "peak_rss_kib", "restore peak RSS"),
-    ):
-        for name, _label, _switch in GZIP_VARIANTS[1:]:
-            ratio = paired_ratio(runs[(name, phase)], runs[("itsup", phase)], attr)
-            ratios.append(f"- {name}: {what}: {ratio}")
-    print("\n" + "\n".join(rows) + "\n\n" + "\n".join(ratios))
-    body = [
-        f"## gzip implementations compared: {now()}",
-        "",
-        f"- Machine: {machine_description()}",
-        f"- Tree: {tree.describe()}",
-        "- itsup backup then restore (S3 target on loopback, compression "
-        + ("level 1 (the default)" if args.gzip_level is None else f"level {args.gzip_level}")
-        + ", 2 threads), once with each gzip code per round, in rotating order; median of "
-        + f"{args.repeat} round(s). Restores are verified as in the main run.",
-        "- CPU s: user + system time of the itsup command (os.wait4); peak RSS: ru_maxrss.",
-        f"- Command: `{command_line()}`",
-        "",
-        *rows,
-        "",
-        *ratios,
-    ]
-    parts = []
-    for name, _label, _switch in GZIP_VARIANTS:
-        for phase in ("backup", "restore"):
-            good = [run.seconds for run in runs[(name, phase)] if run.ok]
-            parts.append(
-                f"{name} {phase} " + (f"{statistics.median(good):.1f}s" if good else "failed")
-            )
-    write_results(
-        {"gzip-compare": "\n".join(body)},
-        f"- {now()}, gzip compare, {tree.bytes / MIB:.0f} MiB / {tree.files} files: "
-        + ", ".join(parts),
-    )
-
-
 def rss_verdict(peaks: list[float], expected: int) -> str:
     if len(peaks) != expected or not peaks:
         return "- Peak RSS target: N/A (not every size completed)"
@@ -1064,14 +931,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--scaling-sizes", default="1024,2048,4096", help="tree sizes in MiB for --rss-scaling"
     )
-    parser.add_argument(
-        "--gzip-compare",
-        action="store_true",
-        help="only itsup backup+restore, with its own gzip code and with isal.igzip_threaded",
-    )
-    parser.add_argument(
-        "--gzip-level", type=int, help="with --gzip-compare: the compression level (default 1)"
-    )
     args = parser.parse_args(argv)
     args.only = [m.strip() for m in args.only.split(",") if m.strip()]
     unknown = set(args.only) - set(METHODS)
@@ -1092,8 +951,6 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.rss_scaling:
             run_rss_scaling(args)
-        elif args.gzip_compare:
-            run_gzip_compare(args)
         else:
             run_main(args)
     finally:

@@ -136,14 +136,8 @@ def itsup_config(
     bucket: str = "itsup-bench",
     endpoint: str = "http://127.0.0.1:9000",
     prefix: str = "bench-itsup/",
-    gzip_level: int | None = None,
 ) -> str:
     """The projects/itsup.yml the benchmark uses; credentials come from the environment."""
-    compression = (
-        "  compression: true\n"
-        if gzip_level is None
-        else f"  compression:\n    codec: gzip\n    level: {gzip_level}\n"
-    )
     return (
         "backup:\n"
         "  s3:\n"
@@ -153,7 +147,8 @@ def itsup_config(
         f"    endpoint: {endpoint}\n"
         "    access_key_id: ${AWS_ACCESS_KEY_ID}\n"
         "    secret_access_key: ${AWS_SECRET_ACCESS_KEY}\n"
-        "  include_volumes: true\n" + compression
+        "  include_volumes: true\n"
+        "  compression: true\n"
     )
 
 

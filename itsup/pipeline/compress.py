@@ -9,20 +9,22 @@ already-compressed data: typically half of a host's volume bytes) are
 written as deflate *stored* blocks instead, at memory speed. A writer
 thread emits blocks in order and keeps the CRC-32, so the caller never
 waits on the sink while there is room in the queue.
+
+isal.igzip_threaded does the same on the default level, no faster; it is
+not used here because at level 0 it never writes stored blocks, so random
+data grows by about 23% (bench/RESULTS.md, "gzip implementations compared").
 """
 
 from __future__ import annotations
 
-import contextlib
 import io
-import os
 import queue
 import struct
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from isal import igzip_threaded, isal_zlib
+from isal import isal_zlib
 
 from itsup.pipeline.stream import Writable
 
@@ -68,22 +70,8 @@ def _compress_block(block: bytes, zdict: bytes, level: int) -> tuple[bytes, int,
     return comp.compress(block) + comp.flush(isal_zlib.Z_SYNC_FLUSH), crc, len(block)
 
 
-def library_gzip(direction: str) -> bool:
-    """Benchmark switch: isal.igzip_threaded in place of this package's own gzip code.
-
-    ITSUP_BENCH_GZIP=isal swaps both directions, isal-read only decompression.
-    Set only by `bench/bench.py --gzip-compare`; not a user option.
-    """
-    return os.environ.get("ITSUP_BENCH_GZIP") in ("isal", f"isal-{direction}")
-
-
 class ParallelGzipWriter(io.RawIOBase):
     """A writable stage: bytes in, one standard gzip member out to `sink`."""
-
-    def __new__(cls, *args: Any, **kwargs: Any) -> ParallelGzipWriter:
-        if cls is ParallelGzipWriter and library_gzip("write"):
-            return super().__new__(LibraryGzipWriter)
-        return super().__new__(cls)
 
     def __init__(
         self, sink: Writable, level: int = 1, threads: int = 2, block_size: int = BLOCK_SIZE
@@ -191,53 +179,3 @@ class ParallelGzipWriter(io.RawIOBase):
         self.results.put(None)
         self.pool.shutdown(wait=False, cancel_futures=True)
         self.thread.join(timeout=5)
-
-
-class _Gate:
-    """The sink as the library sees it: once shut, nothing more reaches `sink`."""
-
-    def __init__(self, sink: Writable) -> None:
-        self.sink = sink
-        self.shut = False
-
-    def write(self, data: bytes) -> int:
-        if self.shut:
-            raise BrokenPipeError("the gzip stream was abandoned")
-        return self.sink.write(data)
-
-    def flush(self) -> None:
-        pass
-
-
-class LibraryGzipWriter(ParallelGzipWriter):
-    """The same stage on isal.igzip_threaded (pigz's scheme, 1 MiB blocks, N threads)."""
-
-    def __init__(
-        self, sink: Writable, level: int = 1, threads: int = 2, block_size: int = BLOCK_SIZE
-    ) -> None:
-        io.RawIOBase.__init__(self)
-        self.gate = _Gate(sink)
-        self.finished = False
-        self.gz = igzip_threaded.open(
-            self.gate, "wb", compresslevel=level, threads=threads, block_size=block_size
-        )
-
-    def write(self, data: Any) -> int:
-        return self.gz.write(data)
-
-    def close(self) -> None:
-        if self.finished:
-            return
-        self.finished = True
-        try:
-            self.gz.close()
-        finally:
-            io.RawIOBase.close(self)
-
-    def abandon(self) -> None:
-        # The trailer (or any block still queued) hits the shut gate and is dropped.
-        self.finished = True
-        self.gate.shut = True
-        with contextlib.suppress(Exception):
-            self.gz.close()
-        io.RawIOBase.close(self)
