@@ -10,10 +10,9 @@ placeholder are secret-aware: they print as `***`.
 from __future__ import annotations
 
 import difflib
-import json
 import os
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -34,17 +33,15 @@ from pydantic import (
 
 from itsup.errors import ConfigError
 from itsup.layout import Layout
+from itsup.yamldoc import MAX_KEY_SHOWN, KeyPath, clip, dotted, parse_yaml
 
-Path_ = tuple[str | int, ...]
+Path_ = KeyPath
+
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Sections itsup itself reads; the rest of itsup.yml belongs to other tools.
 OWN_SECTIONS = ("backup", "notify")
-# Longest key (and message) shown in a problem line; longer ones are cut.
-MAX_KEY_SHOWN = 80
+# Longest message shown in a problem line; longer ones are cut.
 MAX_MESSAGE_SHOWN = 300
-# Longest number YAML may hold: Python's int() refuses over 4300 digits, and a
-# YAML 1.1 base-60 number (`1:2:3:...`) costs time quadratic in its length.
-MAX_NUMBER_CHARS = 1000
 MAX_DURATION_CHARS = 100  # 1w2d3h4m5s is 10
 
 
@@ -320,124 +317,6 @@ def parse_dotenv(text: str, source: str) -> dict[str, str]:
     return values
 
 
-# -- step 2: parse YAML keeping line numbers ------------------------------------
-
-
-def _clip(text: str, limit: int) -> str:
-    """`text` cut to about `limit` characters: a 1 MB key or value must not make a 1 MB line."""
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit // 2]}...({len(text)} characters)"
-
-
-def _dotted(path: Path_) -> str:
-    """A key path as `backup.s3.bucket`; odd keys quoted so a message stays one line."""
-    parts = (_clip(str(p), MAX_KEY_SHOWN) for p in path)
-    return ".".join(p if re.fullmatch(r"[\w-]+", p) else json.dumps(p) for p in parts)
-
-
-def _line_index(node: yaml.Node, path: Path_ = ()) -> Iterator[tuple[Path_, int]]:
-    seen: set[int] = set()
-
-    def walk(node: yaml.Node, path: Path_) -> Iterator[tuple[Path_, int]]:
-        yield path, node.start_mark.line + 1
-        if id(node) in seen:  # an alias of a node already indexed (or a recursive one)
-            return
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = str(key_node.value)
-                yield (*path, key), key_node.start_mark.line + 1
-                for sub_path, line in walk(value_node, (*path, key)):
-                    if sub_path != (*path, key):
-                        yield sub_path, line
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                yield from walk(item, (*path, i))
-
-    yield from walk(node, path)
-
-
-def _duplicates(node: yaml.Node, source: str) -> list[tuple[int, str]]:
-    """Keys given twice at the top level or inside itsup's own sections."""
-    found: list[tuple[int, str]] = []
-
-    def check(node: yaml.Node, path: Path_, deep: bool, seen: set[int]) -> None:
-        if not isinstance(node, yaml.MappingNode) or id(node) in seen:
-            return
-        seen.add(id(node))
-        first: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            line = key_node.start_mark.line + 1
-            if key in first:
-                where = f"{source}:{line}: {_dotted((*path, key))}"
-                found.append((line, f"{where}: duplicate key (first given at line {first[key]})"))
-            else:
-                first[key] = line
-            if deep or key in OWN_SECTIONS:
-                check(value_node, (*path, key), True, seen)
-
-    check(node, (), False, set())
-    return found
-
-
-class _NumberTooLarge(yaml.constructor.ConstructorError):
-    pass
-
-
-class _Loader(yaml.SafeLoader):
-    """yaml.SafeLoader, refusing numbers longer than MAX_NUMBER_CHARS."""
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
-        text = str(node.value)
-        if len(text) > MAX_NUMBER_CHARS:
-            raise _NumberTooLarge(
-                None, None, f"a number of {len(text)} characters is too large", node.start_mark
-            )
-        return super().construct_yaml_int(node)
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-
-
-def _safe_load(text: str) -> Any:
-    loader = _Loader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = _safe_load(text)
-    except _NumberTooLarge as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise ConfigError(f"{source}{f':{line}' if line else ''}: {exc.problem}") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}" if mark else source
-        context = ""
-        if exc.context and exc.context_mark and exc.context_mark is not mark:
-            context = f" ({exc.context} at line {exc.context_mark.line + 1})"
-        raise ConfigError(f"{where}: broken YAML: {exc.problem or exc}{context}") from None
-    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
-        line = text.count("\n", 0, exc.position) + 1
-        raise ConfigError(
-            f"{source}:{line}: broken YAML: {exc.reason} character {exc.character!r}"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: broken YAML: {' '.join(str(exc).split())}") from None
-    if node is None:
-        return data, {}
-    duplicates = _duplicates(node, source)
-    if duplicates:
-        raise ConfigError([text for _, text in sorted(duplicates)])
-    return data, dict(_line_index(node))
-
-
 # -- step 3: expand placeholders ----------------------------------------------
 
 
@@ -545,7 +424,7 @@ def _misspelt_sections(
             found.append(
                 (
                     line,
-                    f"{source}:{line}: {_dotted((str(key),))}: unknown section "
+                    f"{source}:{line}: {dotted((str(key),))}: unknown section "
                     f"(did you mean '{section}'?)",
                 )
             )
@@ -631,8 +510,8 @@ def _report(
     for loc, text in problems.items():
         line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
         where = f"{source}:{line}" if line else source
-        key = _dotted(loc) or "(top level)"
-        shown = _clip(_hide(text, hidden or set()), MAX_MESSAGE_SHOWN)
+        key = dotted(loc) or "(top level)"
+        shown = clip(_hide(text, hidden or set()), MAX_MESSAGE_SHOWN)
         out.append((line or 0, f"{where}: {key}: {shown}"))
     return out
 
@@ -694,7 +573,9 @@ def load_config(
 def _load(
     layout: Layout, source: str, environ: dict[str, str] | None, secrets: dict[str, str] | None
 ) -> ItsupConfig:
-    data, lines = parse_yaml(_read_text(layout.config_file, "the config file"), source)
+    data, lines = parse_yaml(
+        _read_text(layout.config_file, "the config file"), source, OWN_SECTIONS
+    )
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -718,11 +599,11 @@ def _load(
     problems = []
     for where, name in undefined:
         line = lines.get(where)
-        key = _dotted(where)
+        key = dotted(where)
         problems.append(
             (
                 line or 0,
-                f"{source}:{line}: {key}: ${{{_clip(name, MAX_KEY_SHOWN)}}} is not defined in "
+                f"{source}:{line}: {key}: ${{{clip(name, MAX_KEY_SHOWN)}}} is not defined in "
                 f"{layout.shared_secrets.relative_to(layout.root)} or the environment",
             )
         )
