@@ -18,19 +18,6 @@ if TYPE_CHECKING:
     from itsup.actions.backup import BackupResult
 
 
-def _source_size(host: Host) -> int:
-    from itsup.layout import STATE_DIRS
-    from itsup.pipeline.archive import Selection, Stats, walk
-
-    cfg = host.config.backup
-    selection = Selection(STATE_DIRS, tuple(cfg.exclude), cfg.include_volumes)
-    return sum(
-        st.st_size
-        for _r, _a, st in walk(host.layout.root, selection, Stats())
-        if (st.st_mode & 0o170000) == 0o100000
-    )
-
-
 @click.group(invoke_without_command=True)
 @TARGET
 @click.option(
@@ -56,8 +43,9 @@ def backup(ctx: click.Context, target_choice: str | None, allow_shrink: bool) ->
     host = open_host(ctx)
     with monitored(host.layout, host.config, "backup", _where(host, target_choice)) as run:
         show = interactive()
-        total = _source_size(host) if show else None
-        with byte_progress("backup", total, show) as advance:
+        # No total: it would take a second walk of the tree before the first byte is
+        # stored; the bar shows bytes read, their rate and the time instead.
+        with byte_progress("backup", None, show) as advance:
             result = run_backup(
                 host,
                 target_choice=target_choice,
