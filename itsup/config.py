@@ -10,10 +10,11 @@ placeholder are secret-aware: they print as `***`.
 from __future__ import annotations
 
 import difflib
-import json
 import os
+import posixpath
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any, Literal, get_args, get_origin
 
@@ -25,27 +26,29 @@ from pydantic import (
     ConfigDict,
     Discriminator,
     Field,
+    PrivateAttr,
     SecretStr,
     Tag,
     ValidationError,
     ValidationInfo,
     field_validator,
+    model_validator,
 )
+from pydantic_core import PydanticCustomError
 
 from itsup.errors import ConfigError
 from itsup.layout import Layout
+from itsup.yamldoc import MAX_KEY_SHOWN, KeyPath, clip, dotted, parse_yaml
 
-Path_ = tuple[str | int, ...]
+Path_ = KeyPath
+
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Sections itsup itself reads; the rest of itsup.yml belongs to other tools.
 OWN_SECTIONS = ("backup", "notify")
-# Longest key (and message) shown in a problem line; longer ones are cut.
-MAX_KEY_SHOWN = 80
+# Longest message shown in a problem line; longer ones are cut.
 MAX_MESSAGE_SHOWN = 300
-# Longest number YAML may hold: Python's int() refuses over 4300 digits, and a
-# YAML 1.1 base-60 number (`1:2:3:...`) costs time quadratic in its length.
-MAX_NUMBER_CHARS = 1000
 MAX_DURATION_CHARS = 100  # 1w2d3h4m5s is 10
+MAX_PATH = 4096  # the longest path Linux takes (PATH_MAX)
 
 
 class Expanded(str):
@@ -105,9 +108,9 @@ class _Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class S3Config(_Strict):
-    bucket: str = Field(min_length=1)
-    prefix: Prefix = "itsup/"
+class S3Options(_Strict):
+    """How an S3 target is reached: everything but where (bucket and prefix)."""
+
     region: str = "us-east-1"
     endpoint: str | None = None
     access_key_id: SecretStr | None = None
@@ -133,9 +136,148 @@ class S3Config(_Strict):
         return value
 
 
-class LocalConfig(_Strict):
-    path: str = Field(min_length=1)
+class S3Config(S3Options):
+    """The `backup.s3:` section: the target named `s3`."""
+
+    bucket: str = Field(min_length=1)
     prefix: Prefix = "itsup/"
+
+
+class LocalConfig(_Strict):
+    """The `backup.local:` section: the target named `local`."""
+
+    path: str = Field(min_length=1, max_length=MAX_PATH)
+    prefix: Prefix = "itsup/"
+
+
+# -- named targets (`backup.targets:`) --------------------------------------------
+
+# The URL schemes a target may have; itsup.storage registers an opener for each
+# (tests/test_storage.py keeps the two in step).
+TARGET_SCHEMES = ("s3", "file")
+TARGET_FORMS = "s3://BUCKET/PREFIX, file:///PATH or a path relative to the host root"
+# The name of the local folder `<root>/backups/itsup/` when no `local` target is
+# configured: it is there when nothing else is, and `--target local` reaches it.
+EMBEDDED_TARGET = "local"
+EMBEDDED_LOCAL = LocalConfig(path="backups", prefix="itsup/")
+_SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
+_TARGET_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_-]{0,63}")
+
+
+def url_scheme(url: str) -> str:
+    """A target URL's scheme in lower case (`s3`, `file`, ...); "" for a plain path."""
+    found = _SCHEME.match(url)
+    return found.group(1).lower() if found else ""
+
+
+def split_s3_url(url: str) -> tuple[str, str]:
+    """`s3://BUCKET/PREFIX` as (bucket, prefix); the prefix names a folder (`_prefix`)."""
+    rest = url[len("s3:") :]
+    if not rest.startswith("//"):
+        raise ValueError("write an S3 target as s3://BUCKET/PREFIX")
+    bucket, _, prefix = rest[2:].partition("/")
+    if not bucket or re.search(r"\s", bucket):
+        raise ValueError("names no bucket: write s3://BUCKET/PREFIX, e.g. s3://my-backups/itsup")
+    return bucket, _prefix(prefix)
+
+
+def split_folder_url(url: str) -> tuple[str, str]:
+    """`file:///PATH` or a plain path as (the folder holding it, its name as a key prefix).
+
+    `file:///var/backups/itsup` is the folder `/var/backups` with the prefix
+    `itsup/`, which is what `local: {path: /var/backups, prefix: itsup/}`
+    always meant: generations written either way read back either way.
+    """
+    scheme = url_scheme(url)
+    path = url
+    if scheme == "file":
+        path = url[len("file:") :]
+        if not path.startswith("///"):
+            raise ValueError("a file URL names an absolute path: write file:///PATH")
+        path = path[2:]
+    elif scheme:
+        raise ValueError(f"unknown scheme '{scheme}:'; known: {TARGET_FORMS}")
+    parent, name = posixpath.split(posixpath.normpath(path))
+    if name in ("", ".", "..") or (name.startswith("~") and not parent):
+        raise ValueError(
+            "names no folder to keep backups in: e.g. backups/itsup or file:///var/backups/itsup"
+        )
+    return parent or ".", name + "/"
+
+
+def _checked(split: Callable[[str], tuple[str, str]]) -> Callable[[str], str]:
+    def check(url: str) -> str:
+        split(url)
+        return url
+
+    return check
+
+
+class S3TargetConfig(S3Options):
+    url: Annotated[str, Field(max_length=MAX_PATH), AfterValidator(_checked(split_s3_url))]
+
+
+class LocalTargetConfig(_Strict):
+    url: Annotated[
+        str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(_checked(split_folder_url))
+    ]
+
+
+def _target_kind(value: Any) -> str:
+    url = value.get("url") if isinstance(value, dict) else getattr(value, "url", None)
+    return "s3" if isinstance(url, str) and url_scheme(url) == "s3" else "file"
+
+
+def _target_name(value: str) -> str:
+    if not _TARGET_NAME.fullmatch(value):
+        raise ValueError(
+            "a target name is up to 64 letters, digits, '-' and '_', starting with a "
+            "letter or digit (it is what --target takes)"
+        )
+    return value
+
+
+# `name: URL` is short for `name: {url: URL}`; the URL's scheme picks the settings.
+TargetConfig = Annotated[
+    Annotated[S3TargetConfig, Tag("s3")] | Annotated[LocalTargetConfig, Tag("file")],
+    Discriminator(_target_kind),
+    BeforeValidator(lambda value: {"url": value} if isinstance(value, str) else value),
+]
+
+
+@dataclass(frozen=True)
+class TargetSettings:
+    """One target, whichever way itsup.yml gives it (a `targets:` entry, `s3:`, `local:`)."""
+
+    name: str
+    key_path: str  # where itsup.yml sets it, for messages: "backup.targets.usb"
+    scheme: str  # one of TARGET_SCHEMES
+    location: str  # the bucket; or the folder, as written (relative to the root, `~`)
+    prefix: str  # key prefix inside it, "" or ending in "/"
+    s3: S3Options | None = None
+
+    @classmethod
+    def of(
+        cls,
+        name: str,
+        key_path: str,
+        given: S3Config | LocalConfig | S3TargetConfig | LocalTargetConfig,
+    ) -> TargetSettings:
+        if isinstance(given, S3Config):
+            return cls(name, key_path, "s3", given.bucket, given.prefix, given)
+        if isinstance(given, LocalConfig):
+            return cls(name, key_path, "file", given.path, given.prefix)
+        if isinstance(given, S3TargetConfig):
+            return cls(name, key_path, "s3", *split_s3_url(given.url), given)
+        return cls(name, key_path, "file", *split_folder_url(given.url))
+
+
+def suggest(name: str, known: list[str]) -> str:
+    """`"; did you mean 'x'?"` for a close known name, else ""."""
+    close = difflib.get_close_matches(name.casefold(), [k.casefold() for k in known], n=1)
+    if not close:
+        return ""
+    return f"; did you mean '{next(k for k in known if k.casefold() == close[0])}'?"
 
 
 class CompressionConfig(_Strict):
@@ -224,10 +366,39 @@ class GuardConfig(_Strict):
     min_ratio: Number = Field(default=0.5, ge=0, le=1)
 
 
+def unknown_target(name: str, known: list[str]) -> str:
+    return f"no target is named '{name}' (known: {', '.join(known)}{suggest(name, known)})"
+
+
+def _target_names(
+    has_s3: bool, has_local: bool, targets: dict[str, Any], order: tuple[str, ...]
+) -> list[str]:
+    """Target names in the order their keys stand in the section; an `s3:` section
+    counts before a `local:` one wherever they stand (the default before named targets)."""
+    given = {"s3": has_s3, "local": has_local}
+    names: list[str] = []
+    for key in (*order, "s3", "local", "targets"):
+        if key == "targets":
+            names += [n for n in targets if n not in names]
+        elif given.get(key) and key not in names:
+            names.append(key)
+    if "s3" in names and "local" in names and names.index("local") < names.index("s3"):
+        i, j = names.index("local"), names.index("s3")
+        names[i], names[j] = names[j], names[i]
+    return names
+
+
 class BackupConfig(_Strict):
     s3: S3Config | None = None
     local: LocalConfig | None = None
-    target: Literal["s3", "local"] | None = None
+    # Named targets, each a URL with the settings of its kind (after s3/local:
+    # a name given both ways is refused).
+    targets: Annotated[
+        dict[Annotated[str, AfterValidator(_target_name)], TargetConfig],
+        BeforeValidator(lambda value: {} if value is None else value),
+    ] = Field(default_factory=dict)
+    # The target used without --target (after targets: it must name one).
+    target: str | None = None
     include_volumes: Flag = False
     # `compression: true|false` as the spec writes it, or a mapping of settings.
     compression: Annotated[
@@ -242,14 +413,73 @@ class BackupConfig(_Strict):
     # is deleted by the next backup once it is this old (younger ones may still
     # be written by another host sharing the prefix by mistake).
     orphan_grace: Seconds = 3600
+    # The keys of the section in file order: the first target given is the default.
+    _order: tuple[str, ...] = PrivateAttr(default=())
+
+    @model_validator(mode="wrap")
+    @classmethod
+    def _remember_order(cls, data: Any, handler: Callable[[Any], BackupConfig]) -> BackupConfig:
+        config = handler(data)
+        if isinstance(data, dict):
+            config._order = tuple(str(key) for key in data)
+        return config
+
+    @field_validator("targets")
+    @classmethod
+    def _names_given_once(cls, value: dict[str, Any], info: ValidationInfo) -> dict[str, Any]:
+        for section in ("s3", "local"):
+            if section in value and info.data.get(section) is not None:
+                raise PydanticCustomError(
+                    "target_clash",
+                    f"is also given as the backup.{section} section: give each name once "
+                    "(rename this target, or drop the section)",
+                    {"below": (section,)},
+                )
+        return value
 
     @field_validator("target")
     @classmethod
     def _target_is_configured(cls, value: str | None, info: ValidationInfo) -> str | None:
-        # A failed `s3` section is absent from info.data: reported on its own.
-        if value == "s3" and "s3" in info.data and info.data["s3"] is None:
-            raise ValueError("is 's3', but there is no backup.s3 section")
+        # A field that failed is absent from info.data (and reported on its own): a
+        # section that failed was given, so its name counts; failed targets, unknown.
+        if value is None or "targets" not in info.data:
+            return value
+        has_s3, has_local = (info.data.get(k, "failed") is not None for k in ("s3", "local"))
+        known = _target_names(has_s3, has_local, info.data["targets"], ())
+        if EMBEDDED_TARGET not in known:
+            known.append(EMBEDDED_TARGET)
+        if value not in known:
+            raise ValueError(unknown_target(value, known))
         return value
+
+    def target_names(self) -> list[str]:
+        """The configured targets in file order (`s3:` before `local:`, as always),
+        or the embedded `local` when there is none."""
+        names = _target_names(
+            self.s3 is not None, self.local is not None, self.targets, self._order
+        )
+        return names or [EMBEDDED_TARGET]
+
+    @property
+    def default_target(self) -> str:
+        return self.target or self.target_names()[0]
+
+    def unknown_target(self, name: str) -> str | None:
+        """Why `name` names no target (listing those it could), or None when it names one."""
+        known = self.target_names()
+        if EMBEDDED_TARGET not in known:
+            known.append(EMBEDDED_TARGET)
+        return None if name in known else unknown_target(name, known)
+
+    def target_settings(self, name: str) -> TargetSettings:
+        """The settings of a target named by `target_names` (or the embedded `local`)."""
+        if name in self.targets:
+            return TargetSettings.of(name, f"backup.targets.{name}", self.targets[name])
+        if name == "s3" and self.s3 is not None:
+            return TargetSettings.of(name, "backup.s3", self.s3)
+        if name == EMBEDDED_TARGET:
+            return TargetSettings.of(name, "backup.local", self.local or EMBEDDED_LOCAL)
+        raise KeyError(name)
 
     @property
     def compression_settings(self) -> CompressionConfig:
@@ -318,124 +548,6 @@ def parse_dotenv(text: str, source: str) -> dict[str, str]:
             value = value[1:-1]
         values[key] = value
     return values
-
-
-# -- step 2: parse YAML keeping line numbers ------------------------------------
-
-
-def _clip(text: str, limit: int) -> str:
-    """`text` cut to about `limit` characters: a 1 MB key or value must not make a 1 MB line."""
-    if len(text) <= limit:
-        return text
-    return f"{text[: limit // 2]}...({len(text)} characters)"
-
-
-def _dotted(path: Path_) -> str:
-    """A key path as `backup.s3.bucket`; odd keys quoted so a message stays one line."""
-    parts = (_clip(str(p), MAX_KEY_SHOWN) for p in path)
-    return ".".join(p if re.fullmatch(r"[\w-]+", p) else json.dumps(p) for p in parts)
-
-
-def _line_index(node: yaml.Node, path: Path_ = ()) -> Iterator[tuple[Path_, int]]:
-    seen: set[int] = set()
-
-    def walk(node: yaml.Node, path: Path_) -> Iterator[tuple[Path_, int]]:
-        yield path, node.start_mark.line + 1
-        if id(node) in seen:  # an alias of a node already indexed (or a recursive one)
-            return
-        seen.add(id(node))
-        if isinstance(node, yaml.MappingNode):
-            for key_node, value_node in node.value:
-                key = str(key_node.value)
-                yield (*path, key), key_node.start_mark.line + 1
-                for sub_path, line in walk(value_node, (*path, key)):
-                    if sub_path != (*path, key):
-                        yield sub_path, line
-        elif isinstance(node, yaml.SequenceNode):
-            for i, item in enumerate(node.value):
-                yield from walk(item, (*path, i))
-
-    yield from walk(node, path)
-
-
-def _duplicates(node: yaml.Node, source: str) -> list[tuple[int, str]]:
-    """Keys given twice at the top level or inside itsup's own sections."""
-    found: list[tuple[int, str]] = []
-
-    def check(node: yaml.Node, path: Path_, deep: bool, seen: set[int]) -> None:
-        if not isinstance(node, yaml.MappingNode) or id(node) in seen:
-            return
-        seen.add(id(node))
-        first: dict[str, int] = {}
-        for key_node, value_node in node.value:
-            key = str(key_node.value)
-            line = key_node.start_mark.line + 1
-            if key in first:
-                where = f"{source}:{line}: {_dotted((*path, key))}"
-                found.append((line, f"{where}: duplicate key (first given at line {first[key]})"))
-            else:
-                first[key] = line
-            if deep or key in OWN_SECTIONS:
-                check(value_node, (*path, key), True, seen)
-
-    check(node, (), False, set())
-    return found
-
-
-class _NumberTooLarge(yaml.constructor.ConstructorError):
-    pass
-
-
-class _Loader(yaml.SafeLoader):
-    """yaml.SafeLoader, refusing numbers longer than MAX_NUMBER_CHARS."""
-
-    def construct_yaml_int(self, node: yaml.ScalarNode) -> Any:
-        text = str(node.value)
-        if len(text) > MAX_NUMBER_CHARS:
-            raise _NumberTooLarge(
-                None, None, f"a number of {len(text)} characters is too large", node.start_mark
-            )
-        return super().construct_yaml_int(node)
-
-
-_Loader.add_constructor("tag:yaml.org,2002:int", _Loader.construct_yaml_int)
-
-
-def _safe_load(text: str) -> Any:
-    loader = _Loader(text)
-    try:
-        return loader.get_single_data()
-    finally:
-        loader.dispose()
-
-
-def parse_yaml(text: str, source: str) -> tuple[Any, dict[Path_, int]]:
-    try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = _safe_load(text)
-    except _NumberTooLarge as exc:
-        line = exc.problem_mark.line + 1 if exc.problem_mark else None
-        raise ConfigError(f"{source}{f':{line}' if line else ''}: {exc.problem}") from None
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        where = f"{source}:{mark.line + 1}" if mark else source
-        context = ""
-        if exc.context and exc.context_mark and exc.context_mark is not mark:
-            context = f" ({exc.context} at line {exc.context_mark.line + 1})"
-        raise ConfigError(f"{where}: broken YAML: {exc.problem or exc}{context}") from None
-    except yaml.reader.ReaderError as exc:  # a character YAML does not allow
-        line = text.count("\n", 0, exc.position) + 1
-        raise ConfigError(
-            f"{source}:{line}: broken YAML: {exc.reason} character {exc.character!r}"
-        ) from None
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: broken YAML: {' '.join(str(exc).split())}") from None
-    if node is None:
-        return data, {}
-    duplicates = _duplicates(node, source)
-    if duplicates:
-        raise ConfigError([text for _, text in sorted(duplicates)])
-    return data, dict(_line_index(node))
 
 
 # -- step 3: expand placeholders ----------------------------------------------
@@ -545,7 +657,7 @@ def _misspelt_sections(
             found.append(
                 (
                     line,
-                    f"{source}:{line}: {_dotted((str(key),))}: unknown section "
+                    f"{source}:{line}: {dotted((str(key),))}: unknown section "
                     f"(did you mean '{section}'?)",
                 )
             )
@@ -555,7 +667,11 @@ def _misspelt_sections(
 def _describe(error: Any, loc: Path_) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
-        known = _known_keys(ItsupConfig, loc[:-1])
+        raw = tuple(error["loc"])
+        in_folder_target = raw[:2] == ("backup", "targets") and raw[3:4] == ("file",)
+        if in_folder_target and loc[-1] in S3Options.model_fields:
+            return "unknown key: only an s3:// target takes it"
+        known = _known_keys(ItsupConfig, raw[:-1])
         close = difflib.get_close_matches(str(loc[-1]).lower(), known, n=1)
         if close:
             return f"unknown key (did you mean '{close[0]}'?)"
@@ -568,26 +684,45 @@ def _describe(error: Any, loc: Path_) -> str:
     return message[0].lower() + message[1:]
 
 
-def _models_in(annotation: Any) -> list[type[BaseModel]]:
+def _models_in(annotation: Any, tag: str | None = None) -> dict[str, type[BaseModel]]:
+    """The models a field's type holds, by their union tag (else by class name)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return [annotation]
+        return {tag or annotation.__name__: annotation}
     if get_origin(annotation) is Annotated:
-        return _models_in(get_args(annotation)[0])
-    return [m for arg in get_args(annotation) for m in _models_in(arg)]
+        inner, *meta = get_args(annotation)
+        tags = [m.tag for m in meta if isinstance(m, Tag)]
+        return _models_in(inner, tags[0] if tags else tag)
+    return {t: m for arg in get_args(annotation) for t, m in _models_in(arg).items()}
 
 
-def _known_keys(model: type[BaseModel], loc: Path_) -> list[str]:
-    current: type[BaseModel] = model
+def _is_mapping(annotation: Any) -> bool:
+    while get_origin(annotation) is Annotated:
+        annotation = get_args(annotation)[0]
+    return get_origin(annotation) is dict
+
+
+def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
+    """The keys the model at pydantic's location `loc` takes (tags and mapping keys skipped)."""
+    current = model
+    choices: dict[str, type[BaseModel]] = {}
+    mapping = False
     for part in loc:
         if isinstance(part, int):
+            continue
+        if mapping:  # a key of a mapping of models (a target's name)
+            mapping = False
+            continue
+        if part in choices:  # a union's tag
+            current, choices = choices[part], {}
             continue
         field = current.model_fields.get(part)
         if field is None:
             return []
-        candidates = _models_in(field.annotation)
-        if not candidates:
+        choices = _models_in(field.annotation)
+        if not choices:
             return []
-        current = candidates[0]
+        mapping = _is_mapping(field.annotation)
+        current = next(iter(choices.values()))
     return sorted(current.model_fields)
 
 
@@ -622,7 +757,9 @@ def _report(
 ) -> list[tuple[int, str]]:
     problems: dict[Path_, str] = {}
     for error in exc.errors():
-        loc = _locate(tuple(error["loc"]), data, error["type"] == "missing")
+        # An error may point below its field (`below`): a target name given twice.
+        below = tuple((error.get("ctx") or {}).get("below", ()))
+        loc = _locate(tuple(error["loc"]) + below, data, error["type"] == "missing")
         if any(loc[: len(s)] == s for s in skip or ()):
             continue  # already reported (an undefined placeholder)
         if loc not in problems:
@@ -631,8 +768,8 @@ def _report(
     for loc, text in problems.items():
         line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
         where = f"{source}:{line}" if line else source
-        key = _dotted(loc) or "(top level)"
-        shown = _clip(_hide(text, hidden or set()), MAX_MESSAGE_SHOWN)
+        key = dotted(loc) or "(top level)"
+        shown = clip(_hide(text, hidden or set()), MAX_MESSAGE_SHOWN)
         out.append((line or 0, f"{where}: {key}: {shown}"))
     return out
 
@@ -694,7 +831,9 @@ def load_config(
 def _load(
     layout: Layout, source: str, environ: dict[str, str] | None, secrets: dict[str, str] | None
 ) -> ItsupConfig:
-    data, lines = parse_yaml(_read_text(layout.config_file, "the config file"), source)
+    data, lines = parse_yaml(
+        _read_text(layout.config_file, "the config file"), source, OWN_SECTIONS
+    )
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -718,11 +857,11 @@ def _load(
     problems = []
     for where, name in undefined:
         line = lines.get(where)
-        key = _dotted(where)
+        key = dotted(where)
         problems.append(
             (
                 line or 0,
-                f"{source}:{line}: {key}: ${{{_clip(name, MAX_KEY_SHOWN)}}} is not defined in "
+                f"{source}:{line}: {key}: ${{{clip(name, MAX_KEY_SHOWN)}}} is not defined in "
                 f"{layout.shared_secrets.relative_to(layout.root)} or the environment",
             )
         )

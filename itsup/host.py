@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
 
-from itsup.config import ItsupConfig, load_config, load_secrets
-from itsup.errors import ConfigError
+from itsup.config import ItsupConfig, TargetSettings, load_config, load_secrets
+from itsup.errors import ConfigError, UsageError
 from itsup.layout import Layout, find_root
-from itsup.storage import Target, open_target
+from itsup.storage import Target, TargetSpec, open_target
+
+MiB = 1024 * 1024
 
 
 @dataclass
@@ -15,6 +19,8 @@ class Host:
     layout: Layout
     config: ItsupConfig
     secrets: dict[str, str]
+    # Targets opened in this run, by name: each is opened once (one S3 client).
+    _opened: dict[str, tuple[Target, str]] = field(default_factory=dict, repr=False)
 
     def require_backup_section(self) -> None:
         """Refuse to guess where backups go when itsup.yml has no `backup:` section.
@@ -30,9 +36,63 @@ class Host:
                 "root) explicitly, or a backup.s3 section to back up to S3",
             )
 
+    def check_target_name(self, name: str) -> None:
+        """UsageError (exit 2) unless `name` is a target of this host: one line for a
+        typo in `--target`, naming the known ones and the closest."""
+        problem = self.config.backup.unknown_target(name)
+        if problem is not None:
+            raise UsageError(f"--target {name}: {problem}")
+
     def target(self, choice: str | None = None) -> tuple[Target, str]:
+        """The target named `choice` (default: `backup.target`, else the first one
+        configured), opened once per run, and the key prefix of its generations."""
         self.require_backup_section()
-        return open_target(self.layout, self.config.backup, self.secrets, choice)
+        name = choice or self.config.backup.default_target
+        if name not in self._opened:
+            self.check_target_name(name)
+            settings = self.config.backup.target_settings(name)
+            self._opened[name] = (open_target(self._spec(settings)), settings.prefix)
+        return self._opened[name]
+
+    def _spec(self, target: TargetSettings) -> TargetSpec:
+        if target.scheme == "file":
+            folder = Path(target.location).expanduser()
+            if not folder.is_absolute():
+                folder = self.layout.root / folder
+            return TargetSpec(f"file://{folder}")
+        assert target.s3 is not None
+        return TargetSpec(f"s3://{target.location}", self._s3_options(target))
+
+    def _s3_options(self, target: TargetSettings) -> dict[str, Any]:
+        s3 = target.s3
+        assert s3 is not None
+
+        def secret(value: Any, name: str) -> str | None:
+            if value is not None:
+                return str(value.get_secret_value())
+            return self.secrets.get(name)
+
+        key_id = secret(s3.access_key_id, "AWS_ACCESS_KEY_ID")
+        key = secret(s3.secret_access_key, "AWS_SECRET_ACCESS_KEY")
+        if (key_id is None) != (key is None):
+            raise ConfigError(
+                f"{self.layout.config_file}: {target.key_path}: set both access_key_id and "
+                "secret_access_key, or neither"
+            )
+        return {
+            "region": s3.region,
+            "endpoint": s3.endpoint,
+            "access_key_id": key_id,
+            "secret_access_key": key,
+            "session_token": secret(s3.session_token, "AWS_SESSION_TOKEN") if key_id else None,
+            "storage_class": s3.storage_class,
+            "part_size": s3.part_size_mb * MiB,
+            "max_concurrency": s3.max_concurrency,
+            "addressing_style": s3.addressing_style,
+            "connect_timeout": s3.connect_timeout,
+            "read_timeout": s3.read_timeout,
+            "max_attempts": s3.max_attempts,
+        }
 
 
 def load_host(layout: Layout) -> Host:

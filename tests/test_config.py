@@ -177,6 +177,133 @@ backup:
     assert backup.exclude == ["*.log", "upstream/*/cache"]
 
 
+# -- named targets ---------------------------------------------------------------------
+
+TWO_TARGETS = """\
+backup:
+  targets:
+    offsite:
+      url: s3://my-backups/hosts/web1
+      region: eu-west-1
+      endpoint: https://s3.example.com
+      part_size_mb: 8
+    usb: file:///mnt/usb/itsup
+"""
+
+# itsup.yml -> (target names in order, the default, {name: (scheme, location, prefix)})
+GOOD_TARGETS: dict[str, tuple[str, list[str], str, dict[str, tuple[str, str, str]]]] = {
+    "nothing": ("backup: {}\n", ["local"], "local", {"local": ("file", "backups", "itsup/")}),
+    "old_s3": (SPEC_SECTION, ["s3"], "s3", {"s3": ("s3", "my-backup-bucket", "itsup/")}),
+    "old_local": (
+        "backup:\n  local:\n    path: /var/backups\n    prefix: ''\n",
+        ["local"],
+        "local",
+        {"local": ("file", "/var/backups", "")},
+    ),
+    "old_both_local_first": (
+        "backup:\n  local:\n    path: /var/backups\n  s3:\n    bucket: b\n",
+        ["s3", "local"],
+        "s3",
+        {"s3": ("s3", "b", "itsup/"), "local": ("file", "/var/backups", "itsup/")},
+    ),
+    "old_both_chosen": (
+        "backup:\n  target: local\n  s3:\n    bucket: b\n  local:\n    path: x\n",
+        ["s3", "local"],
+        "local",
+        {},
+    ),
+    "old_s3_embedded_local_by_name": (
+        "backup:\n  target: local\n  s3:\n    bucket: b\n",
+        ["s3"],
+        "local",
+        {"local": ("file", "backups", "itsup/")},
+    ),
+    "two_targets": (
+        TWO_TARGETS,
+        ["offsite", "usb"],
+        "offsite",
+        {"offsite": ("s3", "my-backups", "hosts/web1/"), "usb": ("file", "/mnt/usb", "itsup/")},
+    ),
+    "two_targets_chosen": (TWO_TARGETS + "  target: usb\n", ["offsite", "usb"], "usb", {}),
+    "section_before_targets": (
+        "backup:\n  s3:\n    bucket: b\n  targets:\n    usb: usb\n",
+        ["s3", "usb"],
+        "s3",
+        {"usb": ("file", ".", "usb/")},
+    ),
+    "targets_before_section": (
+        "backup:\n  targets:\n    usb: usb\n  s3:\n    bucket: b\n",
+        ["usb", "s3"],
+        "usb",
+        {},
+    ),
+    "url_forms": (
+        "backup:\n  targets:\n"
+        "    a: s3://bucket\n    b: S3://bucket/x/y/\n    c: store/x\n    d: ~/backups\n"
+        "    e: /var/backups/itsup/\n    f: {url: 'file:///srv/b/./itsup'}\n"
+        "    local: ../elsewhere\n",
+        ["a", "b", "c", "d", "e", "f", "local"],
+        "a",
+        {
+            "a": ("s3", "bucket", ""),
+            "b": ("s3", "bucket", "x/y/"),
+            "c": ("file", "store", "x/"),
+            "d": ("file", "~", "backups/"),
+            "e": ("file", "/var/backups", "itsup/"),
+            "f": ("file", "/srv/b", "itsup/"),
+            "local": ("file", "..", "elsewhere/"),
+        },
+    ),
+}
+
+
+@pytest.mark.parametrize("case", sorted(GOOD_TARGETS))
+def test_targets_load_in_file_order_with_their_default(root: Path, case: str) -> None:
+    text, names, default, settings = GOOD_TARGETS[case]
+    write_config(root, text)
+    backup = load_config(Layout(root), environ={}).backup
+    assert backup.target_names() == names
+    assert backup.default_target == default
+    for name, (scheme, location, prefix) in settings.items():
+        got = backup.target_settings(name)
+        assert (got.scheme, got.location, got.prefix) == (scheme, location, prefix), name
+    assert backup.unknown_target("local") is None  # the embedded folder is always there
+    assert "no target is named 'nope'" in (backup.unknown_target("nope") or "")
+
+
+def test_target_settings_of_a_url_are_those_of_the_section(root: Path) -> None:
+    """`targets: {x: {url: s3://B/P, ...}}` and `s3: {bucket: B, prefix: P, ...}` mean one thing."""
+    write_config(root, TWO_TARGETS)
+    offsite = load_config(Layout(root), environ={}).backup.target_settings("offsite")
+    assert offsite.s3 is not None and offsite.key_path == "backup.targets.offsite"
+    assert (offsite.s3.region, offsite.s3.part_size_mb, offsite.s3.max_attempts) == (
+        "eu-west-1",
+        8,
+        8,
+    )
+    assert offsite.s3.endpoint == "https://s3.example.com"
+
+
+def test_a_target_url_from_a_placeholder(root: Path) -> None:
+    write_config(root, "backup:\n  targets:\n    offsite: ${OFFSITE}\n    usb: {url: '${USB}'}\n")
+    env = {"OFFSITE": "s3://from-env/itsup", "USB": "/mnt/usb/itsup"}
+    backup = load_config(Layout(root), environ=env).backup
+    assert backup.target_settings("offsite").location == "from-env"
+    assert backup.target_settings("usb").location == "/mnt/usb"
+
+
+def test_relative_and_home_folders_open_below_the_root_and_home(root: Path) -> None:
+    from itsup.host import load_host
+
+    write_config(root, "backup:\n  targets:\n    here: store/x\n    home: ~/itsup-backups\n")
+    host = load_host(Layout(root))
+    target, prefix = host.target("here")
+    assert (target.name, prefix) == (str(root / "store"), "x/")
+    assert host.target() == (target, prefix)  # the default, opened once per run
+    target, prefix = host.target("home")
+    assert (target.name, prefix) == (str(Path.home()), "itsup-backups/")
+
+
 # -- ${VAR} placeholders ------------------------------------------------------------
 
 
@@ -314,11 +441,96 @@ BAD_CONFIGS = {
     ),
     "target_value": (
         "backup:\n  target: ftp\n",
-        [(2, "backup.target", "'s3' or 'local'")],
+        [(2, "backup.target", "no target is named 'ftp' (known: local)")],
     ),
     "target_s3_without_section": (
         "backup:\n  target: s3\n",
-        [(2, "backup.target", "no backup.s3 section")],
+        [(2, "backup.target", "no target is named 's3' (known: local)")],
+    ),
+    "target_typo_of_a_named_one": (
+        "backup:\n  targets:\n    offsite: s3://b/x\n  target: ofsite\n",
+        [(4, "backup.target", "(known: offsite, local; did you mean 'offsite'?)")],
+    ),
+    "targets_not_mapping": (
+        "backup:\n  targets: [s3://b/x]\n",
+        [(2, "backup.targets", "valid dictionary")],
+    ),
+    "target_entry_not_mapping": (
+        "backup:\n  targets:\n    usb: 5\n",
+        [(3, "backup.targets.usb", "valid dictionary")],
+    ),
+    "target_name_with_space": (
+        "backup:\n  targets:\n    my usb: /mnt/usb/itsup\n",
+        [(3, 'backup.targets."my usb"', "a target name is up to 64 letters, digits")],
+    ),
+    "target_name_given_twice": (
+        "backup:\n  s3:\n    bucket: b\n  targets:\n    usb: usb\n    s3: s3://other/x\n",
+        [(6, "backup.targets.s3", "is also given as the backup.s3 section")],
+    ),
+    "target_local_given_twice": (
+        "backup:\n  targets:\n    local: file:///srv/b/itsup\n  local:\n    path: /srv/b\n",
+        [(3, "backup.targets.local", "is also given as the backup.local section")],
+    ),
+    "target_url_unknown_scheme": (
+        "backup:\n  targets:\n    usb:\n      url: ftp://host/itsup\n",
+        [
+            (
+                4,
+                "backup.targets.usb.url",
+                "unknown scheme 'ftp:'; known: s3://BUCKET/PREFIX, file://",
+            )
+        ],
+    ),
+    "target_short_url_unknown_scheme": (
+        "backup:\n  targets:\n    usb: sftp://host/itsup\n",
+        [(3, "backup.targets.usb", "unknown scheme 'sftp:'")],
+    ),
+    "target_s3_without_bucket": (
+        "backup:\n  targets:\n    offsite:\n      url: s3://\n",
+        [(4, "backup.targets.offsite.url", "names no bucket: write s3://BUCKET/PREFIX")],
+    ),
+    "target_s3_without_slashes": (
+        "backup:\n  targets:\n    offsite: s3:bucket/itsup\n",
+        [(3, "backup.targets.offsite", "write an S3 target as s3://BUCKET/PREFIX")],
+    ),
+    "target_s3_prefix_with_leading_slash": (
+        "backup:\n  targets:\n    offsite:\n      url: s3://b//itsup\n",
+        [(4, "backup.targets.offsite.url", "without the leading '/'")],
+    ),
+    "target_s3_prefix_climbing": (
+        "backup:\n  targets:\n    offsite:\n      url: s3://b/../x\n",
+        [(4, "backup.targets.offsite.url", "without '..'")],
+    ),
+    "target_file_url_with_a_host": (
+        "backup:\n  targets:\n    usb:\n      url: file://mnt/usb\n",
+        [(4, "backup.targets.usb.url", "a file URL names an absolute path: write file:///PATH")],
+    ),
+    "target_url_names_no_folder": (
+        "backup:\n  targets:\n    usb:\n      url: file:///\n",
+        [(4, "backup.targets.usb.url", "names no folder to keep backups in")],
+    ),
+    "target_url_empty": (
+        "backup:\n  targets:\n    usb:\n      url: ''\n",
+        [(4, "backup.targets.usb.url", "at least 1 character")],
+    ),
+    "target_url_missing": (
+        "backup:\n  targets:\n    offsite:\n      region: eu-west-1\n",
+        [
+            (3, "backup.targets.offsite.url", "required key is missing"),
+            (4, "backup.targets.offsite.region", "only an s3:// target takes it"),
+        ],
+    ),
+    "target_unknown_option": (
+        "backup:\n  targets:\n    offsite:\n      url: s3://b/x\n      regoin: eu\n",
+        [(5, "backup.targets.offsite.regoin", "unknown key (did you mean 'region'?)")],
+    ),
+    "target_s3_option_on_a_folder": (
+        "backup:\n  targets:\n    usb:\n      url: /mnt/usb/itsup\n      part_size_mb: 8\n",
+        [(5, "backup.targets.usb.part_size_mb", "only an s3:// target takes it")],
+    ),
+    "target_bad_s3_option": (
+        "backup:\n  targets:\n    offsite:\n      url: s3://b/x\n      part_size_mb: 1\n",
+        [(5, "backup.targets.offsite.part_size_mb", "greater than or equal to 5")],
     ),
     "unknown_key": (
         "backup:\n  s3:\n    bucket: b\n  compresion: true\n",
@@ -639,6 +851,7 @@ KNOWN_KEYS = sorted(
         "bucket", "prefix", "region", "endpoint", "access_key_id", "secret_access_key",
         "session_token", "storage_class", "part_size_mb", "max_concurrency",
         "addressing_style", "path", "codec", "level", "threads", "recipients", "identity_file",
+        "targets", "url", "connect_timeout", "read_timeout", "max_attempts",
     }
 )  # fmt: skip
 PROPERTY_SECRET = "property-secret-value-7c1d"
@@ -668,6 +881,10 @@ scalars = st.one_of(
             "itsup/",
             "../x",
             "",
+            "s3://b/x",
+            "s3://",
+            "file:///srv/b",
+            "ftp://h/x",
         ]
     ),
 )

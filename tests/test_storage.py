@@ -1,9 +1,11 @@
 """One conformance suite for the storage `Target` protocol (itsup/storage/base.py).
 
-Every test runs against the local directory target and against the real S3
-server the suite starts on loopback (juicefs gateway), each test under a key
-prefix of its own. The S3 server returns no MD5 ETags, so nothing here (and
-nothing in itsup) may rely on them.
+Every test runs against every kind of target registered in `itsup.storage`
+(the local folder, and S3 on the real server the suite starts on loopback,
+a juicefs gateway), each opened through its URL with `open_target`, both bare
+and with the wrappers every run stacks around it (logging, retries), each
+test under a key prefix of its own. The S3 server returns no MD5 ETags, so
+nothing here (and nothing in itsup) may rely on them.
 """
 
 from __future__ import annotations
@@ -19,9 +21,13 @@ from typing import Any
 import pytest
 from s3server import S3Server, free_port
 
+from itsup.config import TARGET_SCHEMES
 from itsup.errors import NotFoundError, StorageError
+from itsup.storage import OPENERS, TargetSpec, open_target
 from itsup.storage.base import ObjectInfo, Target
 from itsup.storage.local import PARTIAL_MARK, LocalTarget
+from itsup.storage.logged import LoggedTarget
+from itsup.storage.retry import RetryingTarget
 from itsup.storage.s3 import S3Target
 
 MiB = 1024 * 1024
@@ -30,7 +36,7 @@ PART = 5 * MiB  # the smallest part size S3 accepts
 
 @dataclass
 class Case:
-    kind: str  # "local" | "s3"
+    kind: str  # a registered URL scheme: "file" | "s3"
     target: Any  # a Target
     prefix: str
     server: S3Server | None = None
@@ -57,25 +63,44 @@ class Case:
         return found
 
 
-@pytest.fixture(params=["local", "s3"])
-def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
-    prefix = f"conformance/{uuid.uuid4().hex[:12]}/"
-    if request.param == "local":
-        base = tmp_path / "target"
-        yield Case("local", LocalTarget(base), prefix, base=base)
-        return
+def _file_spec(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[TargetSpec, dict[str, Any]]:
+    base = tmp_path / "target"
+    return TargetSpec(f"file://{base}"), {"base": base}
+
+
+def _s3_spec(request: pytest.FixtureRequest, tmp_path: Path) -> tuple[TargetSpec, dict[str, Any]]:
     server: S3Server = request.getfixturevalue("s3_server")
-    target = S3Target(
-        server.bucket,
-        endpoint=server.endpoint,
-        access_key_id=server.access_key,
-        secret_access_key=server.secret_key,
-        part_size=PART,
-        max_concurrency=3,
-    )
-    yield Case("s3", target, prefix, server=server)
-    target.pool.shutdown(wait=True)
-    target.read_pool.shutdown(wait=True)
+    options = {
+        "endpoint": server.endpoint,
+        "access_key_id": server.access_key,
+        "secret_access_key": server.secret_key,
+        "part_size": PART,
+        "max_concurrency": 3,
+    }
+    return TargetSpec(f"s3://{server.bucket}", options), {"server": server}
+
+
+# How the suite reaches each registered kind: a URL (and settings) for a test's target.
+SPECS = {"file": _file_spec, "s3": _s3_spec}
+KINDS = [(scheme, wrapped) for scheme in sorted(OPENERS) for wrapped in (False, True)]
+
+
+def test_every_registered_kind_is_in_the_suite_and_in_the_config() -> None:
+    assert set(SPECS) == set(OPENERS) == set(TARGET_SCHEMES)
+
+
+@pytest.fixture(params=KINDS, ids=[f"{k}{'+wrappers' if w else ''}" for k, w in KINDS])
+def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
+    scheme, wrapped = request.param
+    spec, extra = SPECS[scheme](request, tmp_path)
+    target = open_target(spec, wrap=wrapped)
+    if wrapped:
+        assert isinstance(target, RetryingTarget) and isinstance(target.inner, LoggedTarget)
+    yield Case(scheme, target, f"conformance/{uuid.uuid4().hex[:12]}/", **extra)
+    bare = target.inner.inner if wrapped else target
+    if isinstance(bare, S3Target):
+        bare.pool.shutdown(wait=True)
+        bare.read_pool.shutdown(wait=True)
 
 
 def payload(size: int, seed: int = 0) -> bytes:

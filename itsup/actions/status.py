@@ -20,8 +20,9 @@ from itsup.monitor import load_state
 
 @dataclass
 class TargetStatus:
+    name: str  # as configured: a key of backup.targets, or "s3" / "local"
     kind: str  # "s3" | "local"
-    where: str  # e.g. "s3://bucket at https://... /itsup/"
+    where: str  # e.g. "s3://bucket/itsup/ at https://..."
     generations: int = 0
     incomplete: int = 0
     newest: str | None = None
@@ -41,13 +42,8 @@ class TargetStatus:
 
 
 def configured_targets(host: Host) -> list[str]:
-    cfg = host.config.backup
-    kinds = []
-    if cfg.s3 is not None:
-        kinds.append("s3")
-    if cfg.local is not None or cfg.s3 is None:
-        kinds.append("local")
-    return kinds
+    """Every configured target's name, in file order (the embedded `local` when none)."""
+    return host.config.backup.target_names()
 
 
 def _newest_complete(target: Any, gens: list[Generation]) -> Generation | None:
@@ -58,9 +54,10 @@ def _newest_complete(target: Any, gens: list[Generation]) -> Generation | None:
     return None
 
 
-def target_status(host: Host, kind: str, now: datetime | None = None) -> TargetStatus:
-    target, prefix = host.target(kind)
-    status = TargetStatus(kind, location(target, prefix))
+def target_status(host: Host, name: str, now: datetime | None = None) -> TargetStatus:
+    target, prefix = host.target(name)
+    kind = "s3" if host.config.backup.target_settings(name).scheme == "s3" else "local"
+    status = TargetStatus(name, kind, location(target, prefix))
     try:
         gens = scan(target, prefix, load_manifests=False)
         newest = _newest_complete(target, gens)
@@ -99,10 +96,11 @@ class Status:
 
 
 def status(host: Host, choice: str | None = None) -> Status:
-    kinds = [choice] if choice else configured_targets(host)
+    """The newest complete backup on the chosen target, or on every configured one."""
+    names = [choice] if choice else configured_targets(host)
     state = load_state(host.layout)
     return Status(
-        [target_status(host, kind) for kind in kinds], state["last"], state["last_success"]
+        [target_status(host, name) for name in names], state["last"], state["last_success"]
     )
 
 
@@ -111,8 +109,7 @@ def check(host: Host, max_age: float, choice: str | None = None) -> TargetStatus
     from itsup.durations import format_duration
     from itsup.errors import StorageError
 
-    kind = choice or configured_targets(host)[0]
-    st = target_status(host, kind)
+    st = target_status(host, choice or host.config.backup.default_target)
     if st.error is not None:
         raise StorageError(st.error)
     limit = format_duration(max_age)

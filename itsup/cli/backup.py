@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import click
 from rich.table import Table
+from rich.text import Text
 
 from itsup.cli.common import TARGET, open_host
 from itsup.cli.output import byte_progress, human_bytes, interactive, notice, out
@@ -15,19 +16,6 @@ from itsup.host import Host
 
 if TYPE_CHECKING:
     from itsup.actions.backup import BackupResult
-
-
-def _source_size(host: Host) -> int:
-    from itsup.layout import STATE_DIRS
-    from itsup.pipeline.archive import Selection, Stats, walk
-
-    cfg = host.config.backup
-    selection = Selection(STATE_DIRS, tuple(cfg.exclude), cfg.include_volumes)
-    return sum(
-        st.st_size
-        for _r, _a, st in walk(host.layout.root, selection, Stats())
-        if (st.st_mode & 0o170000) == 0o100000
-    )
 
 
 @click.group(invoke_without_command=True)
@@ -53,10 +41,11 @@ def backup(ctx: click.Context, target_choice: str | None, allow_shrink: bool) ->
     from itsup.monitor import monitored
 
     host = open_host(ctx)
-    with monitored(host.layout, host.config, "backup", _target_label(host, target_choice)) as run:
+    with monitored(host.layout, host.config, "backup", _where(host, target_choice)) as run:
         show = interactive()
-        total = _source_size(host) if show else None
-        with byte_progress("backup", total, show) as advance:
+        # No total: it would take a second walk of the tree before the first byte is
+        # stored; the bar shows bytes read, their rate and the time instead.
+        with byte_progress("backup", None, show) as advance:
             result = run_backup(
                 host,
                 target_choice=target_choice,
@@ -79,15 +68,18 @@ def backup(ctx: click.Context, target_choice: str | None, allow_shrink: bool) ->
     return record.exit_code
 
 
-def _target_label(host: Host, choice: str | None) -> str:
-    """Where a run writes, for logs and alerts, known before it starts (no credentials)."""
-    cfg = host.config.backup
-    kind = choice or cfg.target or ("s3" if cfg.s3 else "local")
-    if kind == "s3" and cfg.s3 is not None:
-        return f"s3://{cfg.s3.bucket}/{cfg.s3.prefix}"
-    path = cfg.local.path if cfg.local else "backups"
-    prefix = cfg.local.prefix if cfg.local else "itsup/"
-    return f"{(host.layout.root / path).resolve()}/{prefix}"
+def _where(host: Host, choice: str | None) -> str | None:
+    """Where the run writes, for its log lines and alerts: the opened target and
+    prefix (no credentials). None when the target cannot be opened: the run
+    opens it again and fails inside its record, so the failure alert goes out."""
+    from itsup.errors import ItsupError
+    from itsup.generation import location
+
+    try:
+        target, prefix = host.target(choice)
+    except ItsupError:
+        return None
+    return location(target, prefix)
 
 
 def _report_backup(ctx: click.Context, result: BackupResult, show: bool) -> None:
@@ -173,17 +165,20 @@ def status_cmd(ctx: click.Context, target_choice: str | None, as_json: bool) -> 
         out.print(json.dumps(st.as_dict(), indent=2), markup=False)
         return ExitCode.SUCCESS
     table = Table(title="Newest complete backup", title_justify="left")
-    for col in ("target", "generation", "age", "size", "source", "files", "took", "stored"):
+    columns = ("target", "where", "generation", "age", "size", "source", "files", "took", "stored")
+    for col in columns:
         table.add_column(col, justify="right" if col in ("size", "source", "files") else "left")
     for t in st.targets:
         if t.error:
-            table.add_row(t.where, f"[red]unreachable: {t.error}[/red]", *["-"] * 6)
+            error = Text(f"unreachable: {t.error}", style="red")  # not markup: it quotes the server
+            table.add_row(t.name, Text(t.where), error, *["-"] * 6)
             continue
         stored = (
             f"{t.generations} ({t.incomplete} incomplete)" if t.incomplete else str(t.generations)
         )
         table.add_row(
-            t.where,
+            t.name,
+            Text(t.where),
             (t.newest or "none") + (" (partial)" if t.partial else ""),
             _age(t.age_seconds),
             human_bytes(t.archive_bytes) if t.archive_bytes is not None else "-",

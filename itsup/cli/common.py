@@ -12,14 +12,17 @@ from itsup.host import Host
 TARGET = click.option(
     "--target",
     "target_choice",
-    type=click.Choice(["s3", "local"]),
-    help="Which configured target to use (default: S3 if configured, else local).",
+    metavar="NAME",
+    help="Which configured target to use: a name under backup.targets, or s3 / local for "
+    "those sections (default: backup.target, else the first target in itsup.yml). "
+    "An unknown name is a usage error (exit 2).",
 )
 
 
 def open_host(ctx: click.Context) -> Host:
     """The host root of this run (`--root`, ITSUP_ROOT or the nearest parent), its
-    log file attached first, then its config and secrets loaded."""
+    log file attached first, then its config and secrets loaded, and the command's
+    `--target NAME`, if given, checked against the configured targets."""
     from itsup.host import load_host
     from itsup.layout import find_root
     from itsup.log import log_to_host
@@ -29,4 +32,10 @@ def open_host(ctx: click.Context) -> Host:
     # record in logs/backup.log, where cron's operator looks.
     layout = find_root(ctx.obj["root"])
     log_to_host(layout)
-    return load_host(layout)
+    host = load_host(layout)
+    choice = ctx.params.get("target_choice")
+    # A typo is caught before any run starts (no failed run, no alert); without
+    # a backup section the command's own run reports that instead.
+    if choice is not None and host.config.backup_given:
+        host.check_target_name(choice)
+    return host

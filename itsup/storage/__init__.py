@@ -1,68 +1,79 @@
-"""Storage targets behind one protocol (see `base.Target`)."""
+"""Storage targets behind one protocol (see `base.Target`), opened by URL scheme.
+
+`open_target(spec)` looks the URL's scheme up in `OPENERS`, builds the
+target, and stacks the wrappers every target gets around it, innermost
+first: `LoggedTarget` (a debug record of every call and its time), then
+`RetryingTarget` (calls that are safe to repeat are tried again on a
+`TransientError`). A new kind of target is one opener registered here and
+one run of the conformance suite (tests/test_storage.py).
+"""
 
 from __future__ import annotations
 
-from pathlib import Path
+from collections.abc import Callable
 
-from itsup.config import BackupConfig
 from itsup.errors import ConfigError
-from itsup.layout import Layout
-from itsup.storage.base import ObjectInfo, ObjectWriter, Target
+from itsup.storage.base import ObjectInfo, ObjectWriter, Target, TargetSpec, TransientError
+from itsup.storage.logged import LoggedTarget
+from itsup.storage.retry import RetryingTarget
 
-MiB = 1024 * 1024
-DEFAULT_LOCAL_DIR = "backups"
+__all__ = [
+    "OPENERS",
+    "ObjectInfo",
+    "ObjectWriter",
+    "Target",
+    "TargetSpec",
+    "TransientError",
+    "open_target",
+    "register",
+]
 
-__all__ = ["ObjectInfo", "ObjectWriter", "Target", "open_target"]
+Opener = Callable[[TargetSpec], Target]
+OPENERS: dict[str, Opener] = {}
 
 
-def open_target(
-    layout: Layout, backup: BackupConfig, secrets: dict[str, str], choice: str | None = None
-) -> tuple[Target, str]:
-    """Build the configured target and return it with the key prefix to use.
+def register(scheme: str) -> Callable[[Opener], Opener]:
+    """Register the opener of targets whose URL has `scheme`."""
 
-    `choice` ("s3" or "local") overrides `backup.target`; with neither, S3 is
-    used when a bucket is configured, else the embedded local default
-    (`<root>/backups/`).
-    """
-    kind = choice or backup.target or ("s3" if backup.s3 else "local")
-    if kind == "s3":
-        s3 = backup.s3
-        if s3 is None:
-            raise ConfigError(f"{layout.config_file}: backup.s3: no S3 target is configured")
-        from itsup.storage.s3 import S3Target
+    def add(opener: Opener) -> Opener:
+        OPENERS[scheme] = opener
+        return opener
 
-        def secret(value: object, name: str) -> str | None:
-            if value is not None:
-                return value.get_secret_value()  # type: ignore[attr-defined]
-            return secrets.get(name)
+    return add
 
-        key_id = secret(s3.access_key_id, "AWS_ACCESS_KEY_ID")
-        key = secret(s3.secret_access_key, "AWS_SECRET_ACCESS_KEY")
-        if (key_id is None) != (key is None):
-            raise ConfigError(
-                f"{layout.config_file}: backup.s3: set both access_key_id and secret_access_key, or neither"
-            )
-        target = S3Target(
-            s3.bucket,
-            region=s3.region,
-            endpoint=s3.endpoint,
-            access_key_id=key_id,
-            secret_access_key=key,
-            session_token=secret(s3.session_token, "AWS_SESSION_TOKEN") if key_id else None,
-            storage_class=s3.storage_class,
-            part_size=s3.part_size_mb * MiB,
-            max_concurrency=s3.max_concurrency,
-            addressing_style=s3.addressing_style,
-            connect_timeout=s3.connect_timeout,
-            read_timeout=s3.read_timeout,
-            max_attempts=s3.max_attempts,
-        )
-        return target, s3.prefix
+
+def open_target(spec: TargetSpec, *, wrap: bool = True) -> Target:
+    """The target `spec.url` names, with the wrappers every target gets (unless `wrap`
+    is false: a bare target, for tests of one kind's own behaviour)."""
+    opener = OPENERS.get(spec.scheme)
+    if opener is None:
+        known = ", ".join(f"{scheme}://" for scheme in OPENERS)
+        raise ConfigError(f"{spec.url}: unknown kind of target (known: {known})")
+    target = opener(spec)
+    if not wrap:
+        return target
+    return RetryingTarget(LoggedTarget(target))
+
+
+@register("s3")
+def _open_s3(spec: TargetSpec) -> Target:
+    """`s3://BUCKET`; options as `S3Target` takes them (region, endpoint, credentials, ...)."""
+    from itsup.storage.s3 import S3Target  # boto3 takes a while to import: only when needed
+
+    bucket = spec.url[len("s3://") :]
+    if not bucket or "/" in bucket:
+        raise ConfigError(f"{spec.url}: an S3 target is s3://BUCKET (the prefix is not its own)")
+    return S3Target(bucket, **spec.options)
+
+
+@register("file")
+def _open_folder(spec: TargetSpec) -> Target:
+    """`file:///ABSOLUTE/FOLDER`: objects as files below it. No options."""
+    from pathlib import Path
+
     from itsup.storage.local import LocalTarget
 
-    local_path = backup.local.path if backup.local else DEFAULT_LOCAL_DIR
-    prefix = backup.local.prefix if backup.local else "itsup/"
-    base = Path(local_path).expanduser()
-    if not base.is_absolute():
-        base = layout.root / base
-    return LocalTarget(base), prefix
+    path = spec.url[len("file://") :]
+    if not path.startswith("/") or spec.options:
+        raise ConfigError(f"{spec.url}: a folder target is file:///ABSOLUTE/PATH, without options")
+    return LocalTarget(Path(path))

@@ -4,14 +4,46 @@ A target stores opaque objects under string keys ("itsup/backup-...tar.gz").
 It knows nothing of archives or tar. Every method raises
 `itsup.errors.NotFoundError` when a key does not exist and
 `itsup.errors.StorageError` for everything else that goes wrong, with a
-message naming the target and key (never a credential).
+message naming the target and key (never a credential). A `TransientError`
+(a kind of StorageError) is a fault the target did not retry itself and that
+may well pass: the retry wrapper (`storage/retry.py`) tries such calls again.
+
+Targets are opened by URL scheme (`itsup.storage.open_target`); behaviour
+that any target may want (retries, logging) is a wrapper around it, not code
+inside it.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from dataclasses import dataclass
-from typing import BinaryIO, Protocol
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO, Protocol
+
+from itsup.errors import StorageError
+
+
+class TransientError(StorageError):
+    """A fault worth another try that the target has not retried itself (a body
+    that broke off mid-read). A target that retries a fault itself (botocore's
+    retry mode) raises the final failure as a plain StorageError, so retries
+    are never stacked."""
+
+
+@dataclass(frozen=True)
+class TargetSpec:
+    """What `open_target` needs: the target's URL and its kind's settings.
+
+    The URL names the target itself, without a key prefix: `s3://BUCKET`,
+    `file:///ABSOLUTE/FOLDER`. Options are the kind's keyword settings (for
+    S3: region, endpoint, credentials, ...); they stay out of `repr`.
+    """
+
+    url: str
+    options: Mapping[str, Any] = field(default_factory=dict, repr=False)
+
+    @property
+    def scheme(self) -> str:
+        return self.url.partition("://")[0].lower()
 
 
 @dataclass(frozen=True)

@@ -130,10 +130,20 @@ class LocalTarget:
             raise NotFoundError(f"{self.name}: no object {key}")
         return ObjectInfo(key, st.st_size, st.st_mtime)
 
-    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+    def _folder(self, prefix: str) -> Path | None:
+        """The folder holding the keys that start with `prefix`, if it exists."""
         folder, _, _ = prefix.rpartition("/")
         start = self.base / folder if folder else self.base
-        if not start.is_dir():
+        try:
+            return start if start.is_dir() else None
+        except OSError as exc:  # a name too long, a folder we may not enter
+            raise StorageError(
+                f"{self.name}: cannot read {prefix or 'its folder'}: {exc.strerror}"
+            ) from None
+
+    def list(self, prefix: str) -> Iterator[ObjectInfo]:
+        start = self._folder(prefix)
+        if start is None:
             return
         for dirpath, _dirs, files in os.walk(start):
             for fname in files:
@@ -176,10 +186,9 @@ class LocalTarget:
             raise StorageError(f"{self.name}: copying {src} to {dst}: {exc.strerror}") from None
 
     def cleanup_incomplete(self, prefix: str) -> int:
-        folder, _, _ = prefix.rpartition("/")
-        start = self.base / folder if folder else self.base
+        start = self._folder(prefix)
         removed = 0
-        if start.is_dir():
+        if start is not None:
             for dirpath, _dirs, files in os.walk(start):
                 for fname in files:
                     if PARTIAL_MARK not in fname:

@@ -11,6 +11,16 @@ answer may fall silent for at most `read_timeout`, a request is tried at most
 of times without progress. Nothing here relies on ETags being MD5 digests:
 some providers return none, and multipart ETags never are. Integrity is
 checked by the SHA-256 the manifest records.
+
+Retries live here only where a wrapper cannot do them without changing what
+a fault does: botocore's own (per request, inside the client: a wrapper
+around it would multiply its attempts), a ranged download resumed from the
+byte where it broke (`RangeReader`: only the reader knows that offset), and
+a completion whose answer was lost (`S3Writer._completed_anyway`: only the
+writer knows what it sent). Timeouts stay socket timeouts in botocore's
+config: a wrapper could only stop waiting for a call, not stop the call,
+which would then go on writing behind a retry. A whole-object GET whose
+body breaks off is retried by `storage/retry.py`.
 """
 
 from __future__ import annotations
@@ -19,7 +29,6 @@ import contextlib
 import io
 import tempfile
 import threading
-import time
 from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -31,7 +40,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from itsup.errors import NotFoundError, StorageError
-from itsup.storage.base import ObjectInfo
+from itsup.storage.base import ObjectInfo, TransientError
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -564,17 +573,14 @@ class S3Target:
         self._call("writing", key, self.client.put_object, Key=key, Body=body, **self.extra_args())
 
     def get(self, key: str) -> bytes:
-        """The whole object; a body that breaks off is read again (READ_RETRIES times)."""
-        failures = 0
-        while True:
-            resp = self._call("reading", key, self.client.get_object, Key=key)
-            try:
-                return bytes(resp["Body"].read())
-            except (BotoCoreError, OSError) as exc:
-                failures += 1
-                if failures > READ_RETRIES:
-                    raise StorageError(f"{self.name}: reading {key}: {_describe(exc)}") from None
-            time.sleep(min(0.2 * 2**failures, 5))
+        """The whole object. A body that breaks off after its request succeeded is a
+        TransientError: botocore does not retry it, the retry wrapper does (RETRIES
+        times, as this loop did when it lived here)."""
+        resp = self._call("reading", key, self.client.get_object, Key=key)
+        try:
+            return bytes(resp["Body"].read())
+        except (BotoCoreError, OSError) as exc:
+            raise TransientError(f"{self.name}: reading {key}: {_describe(exc)}") from None
 
     def open_writer(self, key: str, size_hint: int | None = None) -> S3Writer:
         """A streaming upload; one whose `size_hint` is over MAX_OBJECT is refused at once."""
