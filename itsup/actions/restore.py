@@ -22,7 +22,6 @@ applies to the whole archive.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
 import hashlib
 import io
@@ -62,11 +61,17 @@ from itsup.pipeline.extract import (
 )
 from itsup.pipeline.stream import GuardedReader, HashingReader
 from itsup.storage import Target
+from itsup.swap import (
+    ASIDE_SUFFIX,
+    STAGING_MARK,
+    Steps,
+    exchange,
+    remove_leftovers,
+    swap_into_place,
+)
 
 log = logging.getLogger("itsup.restore")
 MiB = 1024 * 1024
-STAGING_MARK = ".itsup-restore-"
-ASIDE_SUFFIX = ".old"
 
 
 class GenerationDamaged(IntegrityError):
@@ -535,8 +540,12 @@ def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> Resto
                 f"{ref.key}: SHA-256 does not match the manifest of {manifest.generation} "
                 f"({hashed.size} bytes read, {ref.size} recorded); nothing was restored",
             )
+        # The swap takes its steps through this module's names (os.rename, os.link,
+        # exchange), so a test can stop a real restore at any one of them
+        # (tests/test_crash.py).
+        steps = Steps(rename=os.rename, link=os.link, exchange=exchange)
         try:
-            swap_into_place(staging, plan.dest, aside, plan.scope)
+            swap_into_place(staging, plan.dest, aside, plan.scope.selects, steps)
         except OSError as exc:
             raise _write_error(
                 plan.dest, exc, "moving the restored files into place (every change was undone)"
@@ -592,194 +601,6 @@ def _clean_up(*folders: Path) -> None:
                 interrupted = exc
     if interrupted is not None:
         raise interrupted
-
-
-# renameat2(2)'s RENAME_EXCHANGE swaps two paths in one step; None where libc lacks it.
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
-def _load_renameat2() -> Any:
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_renameat2 = _load_renameat2()
-
-
-def exchange(a: Path, b: Path) -> bool:
-    """Atomically swap `a` and `b` (both must exist); False where that is not supported."""
-    if _renameat2 is None:
-        return False
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def swap_into_place(staging: Path, dest: Path, aside: Path, scope: Scope) -> None:
-    """Move staged paths into `dest`; undo every step on failure.
-
-    Each path changes in one atomic step, so a process killed at any point
-    leaves every path either as it was or as restored, never missing or half
-    written: a file over a file is renamed over it (the old one kept as a hard
-    link in `aside` for the rollback); a folder over a file, or the reverse, is
-    swapped with renameat2(RENAME_EXCHANGE). Only where neither is possible is
-    the old path first moved to `aside`, then the new one moved in; a restore
-    killed between the two leaves the old path in `aside`, and the next restore
-    puts it back (remove_leftovers).
-    """
-    # (step, relative path, inode of the old path), undone in reverse. Each step is
-    # written down *before* it is taken, so a signal landing between a rename and
-    # its entry cannot leave a change the rollback does not know about; undoing a
-    # step that was not taken is harmless (a missing path, or a rename between two
-    # links of one file, which does nothing).
-    journal: list[tuple[str, str, int]] = []
-    merged: list[tuple[str, os.stat_result]] = []  # folders kept, with their metadata before
-
-    def set_aside(rel: str) -> None:
-        (aside / rel).parent.mkdir(parents=True, exist_ok=True)
-        journal.append(("aside", rel, 0))
-        os.rename(dest / rel, aside / rel)
-
-    def move_in(rel: str) -> None:
-        journal.append(("in", rel, 0))
-        os.rename(staging / rel, dest / rel)
-
-    def replace(rel: str) -> bool:
-        (aside / rel).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(dest / rel, aside / rel, follow_symlinks=False)
-        except OSError:  # no hard links here (or not allowed): the two-step way
-            return False
-        journal.append(("over", rel, 0))
-        os.rename(staging / rel, dest / rel)
-        return True
-
-    def swap(rel: str) -> bool:
-        old = os.lstat(dest / rel).st_ino
-        journal.append(("exchanged", rel, old))
-        if exchange(staging / rel, dest / rel):
-            return True
-        journal.pop()
-        return False
-
-    def undo(step: str, rel: str, old: int) -> None:
-        if step == "in":
-            if not os.path.lexists(staging / rel):
-                os.rename(dest / rel, staging / rel)
-        elif step in ("aside", "over"):
-            os.rename(aside / rel, dest / rel)
-        elif os.lstat(dest / rel).st_ino != old:  # exchanged: swap back if it was done
-            exchange(staging / rel, dest / rel)
-
-    def visit(rel: str) -> None:
-        src, dst = staging / rel, dest / rel
-        src_is_dir = src.is_dir() and not src.is_symlink()
-        if not os.path.lexists(dst):
-            move_in(rel)
-            return
-        dst_is_dir = dst.is_dir() and not dst.is_symlink()
-        if src_is_dir and dst_is_dir:
-            merged.append((rel, os.lstat(dst)))
-            st = os.lstat(src)  # before moving children out changes its mtime
-            for child in sorted(os.listdir(src)):
-                visit(f"{rel}/{child}")
-            if scope.selects(rel):
-                os.chmod(dst, st.st_mode & 0o7777)
-                with contextlib.suppress(PermissionError):
-                    os.chown(dst, st.st_uid, st.st_gid) if os.geteuid() == 0 else None
-                os.utime(dst, ns=(st.st_mtime_ns, st.st_mtime_ns))
-            return
-        if not src_is_dir and not dst_is_dir and replace(rel):
-            return
-        if swap(rel):
-            return
-        set_aside(rel)
-        move_in(rel)
-
-    try:
-        for top in sorted(os.listdir(staging)):
-            visit(top)
-    except BaseException:
-        for step, rel, old in reversed(journal):
-            with contextlib.suppress(OSError):
-                undo(step, rel, old)
-        for rel, st in reversed(merged):  # last: undoing the steps changed their mtimes
-            with contextlib.suppress(OSError):
-                if os.geteuid() == 0:
-                    os.chown(dest / rel, st.st_uid, st.st_gid)
-                os.chmod(dest / rel, st.st_mode & 0o7777)
-                os.utime(dest / rel, ns=(st.st_atime_ns, st.st_mtime_ns))
-        raise
-    for step, rel, _ in journal:
-        if step != "in":
-            log.debug("replaced %s", rel)
-
-
-def remove_leftovers(dest: Path) -> None:
-    """Clear what restores that were killed left in `dest` (their process is gone).
-
-    A killed restore leaves its staging folder and its set-aside folder. A path
-    set aside whose place at the destination is empty (the restore died between
-    moving it out and moving its replacement in) is put back first; then both
-    folders are deleted. Folders whose owner still runs are left alone.
-    """
-    if not dest.is_dir():
-        return
-    for path in sorted(dest.iterdir(), key=lambda p: not p.name.endswith(ASIDE_SUFFIX)):
-        if not path.name.startswith(STAGING_MARK):
-            continue
-        pid = path.name[len(STAGING_MARK) :].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
-            continue
-        if path.name.endswith(ASIDE_SUFFIX) and path.is_dir() and not path.is_symlink():
-            with contextlib.suppress(OSError):
-                back = _put_back(path, dest, "")
-                if back:
-                    log.warning(
-                        "put back %d path(s) set aside by a restore that was stopped: %s",
-                        len(back),
-                        ", ".join(back[:5]) + (" ..." if len(back) > 5 else ""),
-                    )
-        log.info("removing %s, left by a restore that was stopped", path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _put_back(aside: Path, dest: Path, rel: str) -> list[str]:
-    """Move paths in `aside` back to `dest` where `dest` has nothing in their place."""
-    back: list[str] = []
-    with os.scandir(aside / rel if rel else aside) as entries:
-        found = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
-    for name, is_dir in found:
-        sub = f"{rel}/{name}" if rel else name
-        there = dest / sub
-        try:
-            st = os.lstat(there)
-        except FileNotFoundError:
-            os.rename(aside / sub, there)  # `dest/rel` is a real folder: checked below
-            back.append(sub)
-            continue
-        if is_dir and st_mod.S_ISDIR(st.st_mode):
-            back += _put_back(aside, dest, sub)
-    return back
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 __all__ = [
