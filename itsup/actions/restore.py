@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import io
 import logging
 import os
@@ -34,12 +33,10 @@ import time
 from collections.abc import Callable, Collection, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
-import pyrage
-
+from itsup.agekeys import default_identity_file, load_identities
 from itsup.errors import (
-    ConfigError,
     IntegrityError,
     ItsupError,
     LockedError,
@@ -48,18 +45,18 @@ from itsup.errors import (
 )
 from itsup.generation import LATEST, Generation, location, scan, select_generation
 from itsup.host import Host
+from itsup.index import load_index
 from itsup.layout import STATE_DIRS, Layout
 from itsup.lock import host_lock
 from itsup.manifest import Entry, Manifest, read_index
-from itsup.pipeline.crypt import decrypting_reader, default_identity_file, load_identities
-from itsup.pipeline.decompress import gunzip_reader
+from itsup.pipeline.codec import decode
 from itsup.pipeline.extract import (
     Extractor,
+    ExtractStats,
     check_entry,
     outward_links,
     refuse_outward,
 )
-from itsup.pipeline.stream import GuardedReader, HashingReader
 from itsup.storage import Target
 from itsup.swap import (
     ASIDE_SUFFIX,
@@ -243,35 +240,6 @@ def _identities(host: Host, manifest: Manifest) -> list[Any]:
     return load_identities(default_identity_file(enc.identity_file if enc else None))
 
 
-def load_index(target: Target, manifest: Manifest, identities: list[Any]) -> bytes:
-    """Fetch the file index, check it against the manifest, decrypt it if needed."""
-    ref = manifest.index
-    try:
-        data = target.get(ref.key)
-    except NotFoundError:
-        raise IntegrityError(
-            f"{manifest.generation}: its file index {ref.key} is missing"
-        ) from None
-    if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
-        raise IntegrityError(
-            f"{manifest.generation}: its file index {ref.key} does not match the manifest"
-        )
-    if manifest.encrypted:
-        try:
-            data = pyrage.decrypt(data, identities)
-        except pyrage.DecryptError as exc:
-            if "no matching keys" in str(exc).lower():  # the bytes are intact: wrong key
-                raise ConfigError(
-                    f"{manifest.generation}: none of the age identities can decrypt it",
-                    hint="point backup.encryption.identity_file or ITSUP_AGE_IDENTITY at "
-                    "the key matching the recipients it was encrypted to",
-                ) from None
-            raise IntegrityError(
-                f"{manifest.generation}: cannot decrypt its file index ({exc})"
-            ) from None
-    return data
-
-
 def _compare(entry: Entry, dest: Path) -> str:
     try:
         st = os.lstat(dest / entry.path)
@@ -446,24 +414,6 @@ def _work_out_changes(plan: RestorePlan) -> None:
         refuse_outward(plan.external, targets)
 
 
-def _open_archive(plan: RestorePlan) -> tuple[BinaryIO, HashingReader]:
-    what = plan.manifest.archive.key
-    try:
-        raw, plan.reader = plan.reader or plan.target.open_reader(what), None
-    except NotFoundError as exc:
-        raise _damaged(plan.manifest.generation, exc) from None
-    hashed = HashingReader(raw)
-    # `hashed` itself, unbuffered: its read(n) passes whole fetched ranges through,
-    # and a BufferedReader around it, once collected, would close it before
-    # run_restore drains it.
-    stream: Any = hashed
-    if plan.manifest.encrypted:
-        stream = decrypting_reader(cast(BinaryIO, hashed), plan.identities, what)
-    if plan.manifest.compression == "gzip":
-        stream = gunzip_reader(GuardedReader(stream, what))  # type: ignore[arg-type]
-    return io.BufferedReader(GuardedReader(stream, what), MiB), hashed
-
-
 def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None) -> RestoreResult:
     """Stream the generation into a staging folder, verify it, then swap it into place.
 
@@ -492,7 +442,6 @@ def _take_lock(held: contextlib.ExitStack, lock_file: Path) -> None:
 
 def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> RestoreResult:
     started = time.monotonic()
-    manifest = plan.manifest
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     staging = plan.dest / f"{STAGING_MARK}{token}"
     aside = plan.dest / f"{STAGING_MARK}{token}{ASIDE_SUFFIX}"
@@ -503,8 +452,38 @@ def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> Resto
             staging.mkdir(mode=0o700)
         except OSError as exc:
             raise _write_error(plan.dest, exc, "preparing the restore") from None
+        extractor, stats = _stage(plan, staging, on_bytes)
+        # The swap takes its steps through this module's names (os.rename, os.link,
+        # exchange), so a test can stop a real restore at any one of them
+        # (tests/test_crash.py).
+        steps = Steps(rename=os.rename, link=os.link, exchange=exchange)
         try:
-            stream, hashed = _open_archive(plan)
+            swap_into_place(staging, plan.dest, aside, plan.scope.selects, steps)
+        except OSError as exc:
+            raise _write_error(
+                plan.dest, exc, "moving the restored files into place (every change was undone)"
+            ) from None
+    finally:
+        _clean_up(staging, aside)
+    return _finish(plan, extractor, stats, time.monotonic() - started)
+
+
+def _stage(
+    plan: RestorePlan, staging: Path, on_bytes: Callable[[int], None] | None
+) -> tuple[Extractor, ExtractStats]:
+    """Stream the archive into `staging` and check it whole against the manifest.
+
+    Raises GenerationDamaged for anything wrong with the generation; nothing
+    outside `staging` has been touched yet.
+    """
+    manifest = plan.manifest
+    try:
+        try:
+            raw, plan.reader = plan.reader or plan.target.open_reader(manifest.archive.key), None
+        except NotFoundError as exc:
+            raise _damaged(manifest.generation, exc) from None
+        try:
+            stream, hashed = decode(raw, manifest, plan.identities)
             try:
                 extractor = Extractor(
                     staging,
@@ -519,40 +498,38 @@ def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> Resto
             finally:
                 with contextlib.suppress(Exception):
                     stream.close()
-        except IntegrityError as exc:
-            raise _damaged(manifest.generation, exc) from None
-        except ItsupError as exc:
-            cause = exc.__context__
-            if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
-                need = sum(e.size for e in plan.entries() if plan.scope.selects(e.path))
-                raise ItsupError(
-                    f"{exc.message} (ENOSPC) while staging {plan.scope.label} from "
-                    f"{manifest.generation}; nothing at the destination was changed",
-                    hint=f"the restore writes all of it ({need / MiB:.1f} MiB) beside the "
-                    "destination before it replaces anything: free that much space there, "
-                    "or restore elsewhere with --to",
-                ) from None
-            raise
-        ref = manifest.archive
-        if hashed.size != ref.size or hashed.sha256.hexdigest() != ref.sha256:
-            raise GenerationDamaged(
-                manifest.generation,
-                f"{ref.key}: SHA-256 does not match the manifest of {manifest.generation} "
-                f"({hashed.size} bytes read, {ref.size} recorded); nothing was restored",
-            )
-        # The swap takes its steps through this module's names (os.rename, os.link,
-        # exchange), so a test can stop a real restore at any one of them
-        # (tests/test_crash.py).
-        steps = Steps(rename=os.rename, link=os.link, exchange=exchange)
-        try:
-            swap_into_place(staging, plan.dest, aside, plan.scope.selects, steps)
-        except OSError as exc:
-            raise _write_error(
-                plan.dest, exc, "moving the restored files into place (every change was undone)"
+        finally:
+            with contextlib.suppress(Exception):
+                raw.close()
+    except IntegrityError as exc:
+        raise _damaged(manifest.generation, exc) from None
+    except ItsupError as exc:
+        cause = exc.__context__
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            need = sum(e.size for e in plan.entries() if plan.scope.selects(e.path))
+            raise ItsupError(
+                f"{exc.message} (ENOSPC) while staging {plan.scope.label} from "
+                f"{manifest.generation}; nothing at the destination was changed",
+                hint=f"the restore writes all of it ({need / MiB:.1f} MiB) beside the "
+                "destination before it replaces anything: free that much space there, "
+                "or restore elsewhere with --to",
             ) from None
-    finally:
-        _clean_up(staging, aside)
-    seconds = time.monotonic() - started
+        raise
+    ref = manifest.archive
+    if hashed.size != ref.size or hashed.sha256.hexdigest() != ref.sha256:
+        raise GenerationDamaged(
+            manifest.generation,
+            f"{ref.key}: SHA-256 does not match the manifest of {manifest.generation} "
+            f"({hashed.size} bytes read, {ref.size} recorded); nothing was restored",
+        )
+    return extractor, stats
+
+
+def _finish(
+    plan: RestorePlan, extractor: Extractor, stats: ExtractStats, seconds: float
+) -> RestoreResult:
+    """Log what was restored and describe it."""
+    manifest = plan.manifest
     if extractor.external:
         log.info(
             "restored %d symlink(s) pointing outside the tree as links (never followed): %s",

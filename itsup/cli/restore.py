@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import logging
-import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -85,14 +84,7 @@ def restore(
     followed) and named. Into the host root, the host lock is held (exit 11
     while a backup or another restore runs); --to elsewhere needs no lock.
     """
-    # The restore action imports pyrage, a Rust extension that panics (traceback,
-    # exit 1) if a SIGINT/SIGTERM is handled while it initialises: hold them back
-    # for the import; they are handled right after it (exit 130).
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        from itsup.actions.restore import GenerationDamaged, plan_restore, run_restore
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    from itsup.actions.restore import GenerationDamaged, plan_restore, run_restore
 
     _check_arguments(
         ctx, what, path, generation, fallback, allow_external_links, refuse_external_links
