@@ -31,6 +31,7 @@ import shutil
 import stat as st_mod
 import time
 from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -69,6 +70,7 @@ from itsup.swap import (
 
 log = logging.getLogger("itsup.restore")
 MiB = 1024 * 1024
+FILE_ONLY = {"console": False}  # a record for logs/backup.log; the command prints its own line
 
 
 class GenerationDamaged(IntegrityError):
@@ -83,6 +85,11 @@ class GenerationDamaged(IntegrityError):
             message = f"{generation}: {message}"
         super().__init__(message, hint=hint)
         self.generation = generation
+
+    @property
+    def reason(self) -> str:
+        """The message without the generation's name in front."""
+        return self.message.removeprefix(f"{self.generation}: ")
 
 
 def _damaged(generation: str, exc: ItsupError) -> GenerationDamaged:
@@ -440,6 +447,109 @@ def _take_lock(held: contextlib.ExitStack, lock_file: Path) -> None:
         ) from None
 
 
+@dataclass
+class FallbackOutcome:
+    """What restore_with_fallback did: the plan it ran (or, for a dry run, would run),
+    the result (None for a dry run) and the damaged generations it skipped."""
+
+    plan: RestorePlan
+    result: RestoreResult | None
+    skipped: list[GenerationDamaged] = field(default_factory=list)
+
+
+def restore_with_fallback(
+    host: Host,
+    what: str | None = None,
+    *,
+    path: str | None = None,
+    generation: str | None = None,
+    to: str | None = None,
+    target_choice: str | None = None,
+    refuse_external_links: bool = False,
+    dry_run: bool = False,
+    fallback: bool = False,
+    on_skip: Callable[[GenerationDamaged], None] | None = None,
+    confirm: Callable[[RestorePlan], None] | None = None,
+    progress: Callable[[RestorePlan], AbstractContextManager[Callable[[int], None] | None]]
+    | None = None,
+) -> FallbackOutcome:
+    """Plan and run a restore; with `fallback`, pass over generations found damaged.
+
+    Without `fallback` the first GenerationDamaged is raised: an older
+    generation is never used silently. With it, a generation that fails a
+    check before anything at the destination changed is skipped (`on_skip`
+    is told) and the next older complete one is tried, until one restores or
+    none is left (IntegrityError naming each one tried). `confirm` sees each
+    plan before anything is written and may raise to stop; `progress` gives,
+    per attempt, a context manager yielding the byte-count callback (or None).
+    A dry run only plans: nothing is read beyond the manifest and the index.
+    """
+    skipped: list[GenerationDamaged] = []
+
+    def skip(exc: GenerationDamaged) -> None:
+        if not fallback:
+            raise exc
+        skipped.append(exc)
+        log.warning("--fallback: skipped %s: %s", exc.generation, exc.message, extra=FILE_ONLY)
+        if on_skip is not None:
+            on_skip(exc)
+
+    while True:
+        try:
+            plan = plan_restore(
+                host,
+                what,
+                path=path,
+                generation=generation,
+                to=to,
+                target_choice=target_choice,
+                refuse_external_links=refuse_external_links,
+                prefetch=not dry_run,
+                hold_lock=not dry_run,  # into the live root: exit 11 at once if it is taken
+                skip=[s.generation for s in skipped],
+            )
+        except GenerationDamaged as exc:
+            skip(exc)
+            continue
+        except NotFoundError:
+            _give_up(skipped)  # the damaged ones were all there was
+            raise
+        if dry_run:
+            return _fell_back(FallbackOutcome(plan, None, skipped), "would restore")
+        try:
+            if confirm is not None:
+                confirm(plan)
+        except BaseException:
+            plan.close()  # the read-ahead and the host lock
+            raise
+        try:
+            with progress(plan) if progress else contextlib.nullcontext() as advance:
+                result = run_restore(plan, on_bytes=advance)
+        except GenerationDamaged as exc:
+            skip(exc)
+            continue
+        return _fell_back(FallbackOutcome(plan, result, skipped), "restored")
+
+
+def _give_up(skipped: list[GenerationDamaged]) -> None:
+    """Every complete generation was tried and none restores: say so (exit 5)."""
+    if not skipped:
+        return
+    tried = "; ".join(f"{s.generation} ({s.reason})" for s in skipped)
+    raise IntegrityError(
+        f"--fallback: no complete generation could be restored; tried {tried}",
+        hint="`itsup backup verify --all` shows what is wrong with each",
+    )
+
+
+def _fell_back(outcome: FallbackOutcome, done: str) -> FallbackOutcome:
+    if outcome.skipped:
+        names = ", ".join(s.generation for s in outcome.skipped)
+        generation = outcome.plan.manifest.generation
+        log.warning("--fallback: %s %s; skipped %s", done, generation, names, extra=FILE_ONLY)
+    return outcome
+
+
 def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> RestoreResult:
     started = time.monotonic()
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
@@ -581,10 +691,12 @@ def _clean_up(*folders: Path) -> None:
 
 
 __all__ = [
+    "FallbackOutcome",
     "GenerationDamaged",
     "ItsupError",
     "RestorePlan",
     "RestoreResult",
     "plan_restore",
+    "restore_with_fallback",
     "run_restore",
 ]
