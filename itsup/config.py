@@ -74,7 +74,7 @@ Number = Annotated[float, BeforeValidator(_typed)]
 
 
 def _recipient(value: str) -> str:
-    from itsup.pipeline.crypt import parse_recipient
+    from itsup.agekeys import parse_recipient
 
     if value.strip().upper().startswith("AGE-SECRET-KEY-"):
         raise ValueError(

@@ -32,6 +32,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -72,6 +73,11 @@ _FIGURES: dict[str, list[tuple[str, str, str, str]]] = {
          "Configured recovery point objective (backup.monitoring.rpo), in seconds."),
     ],
 }  # fmt: skip
+
+
+def host_label() -> str:
+    """This host's name in metrics and alerts: ITSUP_HOST_NAME, else the system's host name."""
+    return os.environ.get("ITSUP_HOST_NAME") or socket.gethostname()
 
 
 def _number(value: Any) -> float | None:
@@ -119,8 +125,6 @@ def build_registry(state: dict[str, Any], host: str | None = None) -> Any:
     from prometheus_client import CollectorRegistry, Gauge
 
     if host is None:
-        from itsup.monitor import host_label
-
         host = host_label()
     registry = CollectorRegistry()
     last_runs: dict[str, Any] = state.get("last") or {}

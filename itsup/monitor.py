@@ -21,8 +21,6 @@ import contextlib
 import fcntl
 import json
 import logging
-import os
-import socket
 import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
@@ -31,6 +29,7 @@ from typing import Any
 
 from itsup.errors import ExitCode, ItsupError
 from itsup.layout import Layout
+from itsup.metrics import host_label
 
 log = logging.getLogger("itsup.run")
 STATE_VERSION = 1
@@ -61,11 +60,6 @@ class RunRecord:
         data = asdict(self)
         data["duration"] = self.duration
         return data
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> RunRecord:
-        known = {k: v for k, v in data.items() if k in cls.__dataclass_fields__}
-        return cls(**known)
 
 
 # -- the state file ---------------------------------------------------------------
@@ -362,7 +356,3 @@ def monitored(
     else:
         code = monitor.record.exit_code
         monitor.finish(ExitCode.SUCCESS if code is None else code)
-
-
-def host_label() -> str:
-    return os.environ.get("ITSUP_HOST_NAME") or socket.gethostname()

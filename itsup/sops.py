@@ -73,7 +73,7 @@ def key_files() -> list[Path]:
 
 def local_public_keys() -> list[str]:
     """Public keys of the age identities sops would use here (key file and SOPS_AGE_KEY)."""
-    import pyrage
+    from itsup.agekeys import public_key
 
     texts = []
     for path in key_files():
@@ -87,8 +87,8 @@ def local_public_keys() -> list[str]:
             line = line.strip()
             if line.startswith("AGE-SECRET-KEY-"):
                 try:
-                    keys.append(str(pyrage.x25519.Identity.from_str(line).to_public()))
-                except Exception:  # a damaged line: sops will say so when it matters
+                    keys.append(public_key(line))
+                except ValueError:  # a damaged line: sops will say so when it matters
                     continue
     return keys
 

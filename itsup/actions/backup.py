@@ -13,18 +13,16 @@ restore), then the `latest` alias.
 
 from __future__ import annotations
 
-import io
 import logging
-import signal
 import socket
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime
-from types import ModuleType
 from typing import Any
 
 from itsup import __version__
+from itsup.agekeys import parse_recipient
 from itsup.errors import ItsupError
 from itsup.generation import (
     Generation,
@@ -38,12 +36,10 @@ from itsup.layout import STATE_DIRS
 from itsup.lifecycle import GenerationStore
 from itsup.lock import host_lock
 from itsup.manifest import IndexWriter, Manifest, ObjectRef
-from itsup.pipeline.archive import Problem, Selection, Stats, write_archive
-from itsup.pipeline.compress import ParallelGzipWriter
-from itsup.pipeline.stream import HashingWriter
+from itsup.pipeline.archive import Problem, Selection, Stats
+from itsup.pipeline.codec import encode, encode_index
 
 log = logging.getLogger("itsup.backup")
-MiB = 1024 * 1024
 
 
 @dataclass
@@ -59,23 +55,6 @@ class BackupResult:
     @property
     def partial(self) -> bool:
         return bool(self.stats.problems)
-
-
-def _age() -> tuple[ModuleType, ModuleType]:
-    """pyrage and itsup's age stages, imported only when a backup is encrypted.
-
-    pyrage is a Rust extension: a SIGINT or SIGTERM handled while it initialises
-    makes it panic (a traceback and exit 1 instead of a clean exit 130). The
-    signals are held back for the import and handled right after it.
-    """
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        import pyrage
-
-        from itsup.pipeline import crypt
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
-    return pyrage, crypt
 
 
 class ShrinkRefused(ItsupError):
@@ -142,45 +121,6 @@ def _unique_name(found: list[Generation], now: datetime) -> str:
     return name
 
 
-class _RawSink(io.RawIOBase):
-    """Any stage with a `write` as a raw stream, so io.BufferedWriter can batch into it.
-
-    Closing it does not close the stage: run_backup closes each stage itself.
-    """
-
-    def __init__(self, sink: Any) -> None:
-        super().__init__()
-        self.sink = sink
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, data: Any) -> int:
-        self.sink.write(bytes(data))
-        return len(data)
-
-
-def _open_compressor(sink: Any, codec: str, level: int, threads: int) -> Any:
-    if codec == "gzip":
-        return ParallelGzipWriter(sink, level=level, threads=threads)
-    return io.BufferedWriter(_RawSink(sink), MiB)
-
-
-def _abandon(stream: Any) -> None:
-    """Stop a compressor after a failure without finishing its output.
-
-    A buffered writer must not flush into the aborted upload when it is
-    garbage-collected later, so its raw stage is detached first.
-    """
-    try:
-        if isinstance(stream, ParallelGzipWriter):
-            stream.abandon()
-        elif isinstance(stream, io.BufferedWriter):
-            stream.raw.close()
-    except Exception:
-        log.debug("stopping compressor", exc_info=True)
-
-
 def run_backup(
     host: Host,
     *,
@@ -215,9 +155,7 @@ def run_backup(
             location(target, prefix),
         )
         recipients = (
-            [_age()[1].parse_recipient(r) for r in cfg.encryption.recipients]
-            if cfg.encryption
-            else []
+            [parse_recipient(r) for r in cfg.encryption.recipients] if cfg.encryption else []
         )
         suffix = archive_suffix(cfg.compression_settings.codec, bool(recipients))
         log.info("backup %s started: %s -> %s", name, host.layout.root, target.name)
@@ -286,7 +224,8 @@ def stream_archive(
     on_bytes: Callable[[int], None] | None,
     before_commit: Callable[[Stats], None] | None = None,
 ) -> tuple[ObjectRef, Stats]:
-    """walk -> tar -> compress -> encrypt -> hash -> upload; abort the upload on any failure.
+    """walk -> tar -> compress -> encrypt -> hash (`codec.encode`) -> upload; abort the
+    upload on any failure.
 
     `before_commit` sees the run's figures once the stream is whole and may
     raise to abort it: then nothing is left under the key.
@@ -295,36 +234,32 @@ def stream_archive(
     compression = cfg.compression_settings
     selection = Selection(STATE_DIRS, tuple(cfg.exclude), cfg.include_volumes)
     writer = store.open_archive(key)
-    compressor = None
     try:
-        hashed = HashingWriter(writer)
-        encryptor = _age()[1].EncryptingWriter(hashed, recipients) if recipients else None
-        compressor = _open_compressor(
-            encryptor or hashed, compression.codec, compression.level, compression.threads
+        encoded = encode(
+            writer,
+            host.layout.root,
+            selection,
+            codec=compression.codec,
+            level=compression.level,
+            threads=compression.threads,
+            recipients=recipients,
+            on_entry=index.add,
+            on_bytes=on_bytes,
         )
-        stats = write_archive(host.layout.root, selection, compressor, index.add, on_bytes)
-        compressor.close()
-        if encryptor is not None:
-            encryptor.close()
         if before_commit is not None:
-            before_commit(stats)
+            before_commit(encoded.stats)
         size = writer.commit()
     except BaseException:
-        if compressor is not None:
-            _abandon(compressor)
         writer.abort()
         raise
-    return ObjectRef(key, size, hashed.sha256.hexdigest()), stats
+    return ObjectRef(key, size, encoded.sha256), encoded.stats
 
 
 def write_index(
     store: GenerationStore, key: str, index: IndexWriter, recipients: list[Any]
 ) -> ObjectRef:
     """Store the file index (encrypted like the archive) and return its reference."""
-    data = index.finish()
-    if recipients:
-        data = _age()[0].encrypt(data, recipients)
-    return store.put_index(key, data)
+    return store.put_index(key, encode_index(index.finish(), recipients))
 
 
 def describe_generation(

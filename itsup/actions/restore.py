@@ -22,9 +22,7 @@ applies to the whole archive.
 from __future__ import annotations
 
 import contextlib
-import ctypes
 import errno
-import hashlib
 import io
 import logging
 import os
@@ -33,14 +31,13 @@ import shutil
 import stat as st_mod
 import time
 from collections.abc import Callable, Collection, Iterator
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
-import pyrage
-
+from itsup.agekeys import default_identity_file, load_identities
 from itsup.errors import (
-    ConfigError,
     IntegrityError,
     ItsupError,
     LockedError,
@@ -49,24 +46,31 @@ from itsup.errors import (
 )
 from itsup.generation import LATEST, Generation, location, scan, select_generation
 from itsup.host import Host
+from itsup.index import load_index
 from itsup.layout import STATE_DIRS, Layout
 from itsup.lock import host_lock
 from itsup.manifest import Entry, Manifest, read_index
-from itsup.pipeline.crypt import decrypting_reader, default_identity_file, load_identities
-from itsup.pipeline.decompress import gunzip_reader
+from itsup.pipeline.codec import decode
 from itsup.pipeline.extract import (
     Extractor,
+    ExtractStats,
     check_entry,
     outward_links,
     refuse_outward,
 )
-from itsup.pipeline.stream import GuardedReader, HashingReader
 from itsup.storage import Target
+from itsup.swap import (
+    ASIDE_SUFFIX,
+    STAGING_MARK,
+    Steps,
+    exchange,
+    remove_leftovers,
+    swap_into_place,
+)
 
 log = logging.getLogger("itsup.restore")
 MiB = 1024 * 1024
-STAGING_MARK = ".itsup-restore-"
-ASIDE_SUFFIX = ".old"
+FILE_ONLY = {"console": False}  # a record for logs/backup.log; the command prints its own line
 
 
 class GenerationDamaged(IntegrityError):
@@ -81,6 +85,11 @@ class GenerationDamaged(IntegrityError):
             message = f"{generation}: {message}"
         super().__init__(message, hint=hint)
         self.generation = generation
+
+    @property
+    def reason(self) -> str:
+        """The message without the generation's name in front."""
+        return self.message.removeprefix(f"{self.generation}: ")
 
 
 def _damaged(generation: str, exc: ItsupError) -> GenerationDamaged:
@@ -236,35 +245,6 @@ def _identities(host: Host, manifest: Manifest) -> list[Any]:
         return []
     enc = host.config.backup.encryption
     return load_identities(default_identity_file(enc.identity_file if enc else None))
-
-
-def load_index(target: Target, manifest: Manifest, identities: list[Any]) -> bytes:
-    """Fetch the file index, check it against the manifest, decrypt it if needed."""
-    ref = manifest.index
-    try:
-        data = target.get(ref.key)
-    except NotFoundError:
-        raise IntegrityError(
-            f"{manifest.generation}: its file index {ref.key} is missing"
-        ) from None
-    if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
-        raise IntegrityError(
-            f"{manifest.generation}: its file index {ref.key} does not match the manifest"
-        )
-    if manifest.encrypted:
-        try:
-            data = pyrage.decrypt(data, identities)
-        except pyrage.DecryptError as exc:
-            if "no matching keys" in str(exc).lower():  # the bytes are intact: wrong key
-                raise ConfigError(
-                    f"{manifest.generation}: none of the age identities can decrypt it",
-                    hint="point backup.encryption.identity_file or ITSUP_AGE_IDENTITY at "
-                    "the key matching the recipients it was encrypted to",
-                ) from None
-            raise IntegrityError(
-                f"{manifest.generation}: cannot decrypt its file index ({exc})"
-            ) from None
-    return data
 
 
 def _compare(entry: Entry, dest: Path) -> str:
@@ -441,24 +421,6 @@ def _work_out_changes(plan: RestorePlan) -> None:
         refuse_outward(plan.external, targets)
 
 
-def _open_archive(plan: RestorePlan) -> tuple[BinaryIO, HashingReader]:
-    what = plan.manifest.archive.key
-    try:
-        raw, plan.reader = plan.reader or plan.target.open_reader(what), None
-    except NotFoundError as exc:
-        raise _damaged(plan.manifest.generation, exc) from None
-    hashed = HashingReader(raw)
-    # `hashed` itself, unbuffered: its read(n) passes whole fetched ranges through,
-    # and a BufferedReader around it, once collected, would close it before
-    # run_restore drains it.
-    stream: Any = hashed
-    if plan.manifest.encrypted:
-        stream = decrypting_reader(cast(BinaryIO, hashed), plan.identities, what)
-    if plan.manifest.compression == "gzip":
-        stream = gunzip_reader(GuardedReader(stream, what))  # type: ignore[arg-type]
-    return io.BufferedReader(GuardedReader(stream, what), MiB), hashed
-
-
 def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None) -> RestoreResult:
     """Stream the generation into a staging folder, verify it, then swap it into place.
 
@@ -485,9 +447,111 @@ def _take_lock(held: contextlib.ExitStack, lock_file: Path) -> None:
         ) from None
 
 
+@dataclass
+class FallbackOutcome:
+    """What restore_with_fallback did: the plan it ran (or, for a dry run, would run),
+    the result (None for a dry run) and the damaged generations it skipped."""
+
+    plan: RestorePlan
+    result: RestoreResult | None
+    skipped: list[GenerationDamaged] = field(default_factory=list)
+
+
+def restore_with_fallback(
+    host: Host,
+    what: str | None = None,
+    *,
+    path: str | None = None,
+    generation: str | None = None,
+    to: str | None = None,
+    target_choice: str | None = None,
+    refuse_external_links: bool = False,
+    dry_run: bool = False,
+    fallback: bool = False,
+    on_skip: Callable[[GenerationDamaged], None] | None = None,
+    confirm: Callable[[RestorePlan], None] | None = None,
+    progress: Callable[[RestorePlan], AbstractContextManager[Callable[[int], None] | None]]
+    | None = None,
+) -> FallbackOutcome:
+    """Plan and run a restore; with `fallback`, pass over generations found damaged.
+
+    Without `fallback` the first GenerationDamaged is raised: an older
+    generation is never used silently. With it, a generation that fails a
+    check before anything at the destination changed is skipped (`on_skip`
+    is told) and the next older complete one is tried, until one restores or
+    none is left (IntegrityError naming each one tried). `confirm` sees each
+    plan before anything is written and may raise to stop; `progress` gives,
+    per attempt, a context manager yielding the byte-count callback (or None).
+    A dry run only plans: nothing is read beyond the manifest and the index.
+    """
+    skipped: list[GenerationDamaged] = []
+
+    def skip(exc: GenerationDamaged) -> None:
+        if not fallback:
+            raise exc
+        skipped.append(exc)
+        log.warning("--fallback: skipped %s: %s", exc.generation, exc.message, extra=FILE_ONLY)
+        if on_skip is not None:
+            on_skip(exc)
+
+    while True:
+        try:
+            plan = plan_restore(
+                host,
+                what,
+                path=path,
+                generation=generation,
+                to=to,
+                target_choice=target_choice,
+                refuse_external_links=refuse_external_links,
+                prefetch=not dry_run,
+                hold_lock=not dry_run,  # into the live root: exit 11 at once if it is taken
+                skip=[s.generation for s in skipped],
+            )
+        except GenerationDamaged as exc:
+            skip(exc)
+            continue
+        except NotFoundError:
+            _give_up(skipped)  # the damaged ones were all there was
+            raise
+        if dry_run:
+            return _fell_back(FallbackOutcome(plan, None, skipped), "would restore")
+        try:
+            if confirm is not None:
+                confirm(plan)
+        except BaseException:
+            plan.close()  # the read-ahead and the host lock
+            raise
+        try:
+            with progress(plan) if progress else contextlib.nullcontext() as advance:
+                result = run_restore(plan, on_bytes=advance)
+        except GenerationDamaged as exc:
+            skip(exc)
+            continue
+        return _fell_back(FallbackOutcome(plan, result, skipped), "restored")
+
+
+def _give_up(skipped: list[GenerationDamaged]) -> None:
+    """Every complete generation was tried and none restores: say so (exit 5)."""
+    if not skipped:
+        return
+    tried = "; ".join(f"{s.generation} ({s.reason})" for s in skipped)
+    raise IntegrityError(
+        f"--fallback: no complete generation could be restored; tried {tried}",
+        hint="`itsup backup verify --all` shows what is wrong with each",
+    )
+
+
+def _fell_back(outcome: FallbackOutcome, done: str) -> FallbackOutcome:
+    if outcome.skipped:
+        names = ", ".join(s.generation for s in outcome.skipped)
+        generation = outcome.plan.manifest.generation
+        log.warning("--fallback: %s %s; skipped %s", done, generation, names, extra=FILE_ONLY)
+    return outcome
+
+
 def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> RestoreResult:
     started = time.monotonic()
-    manifest = plan.manifest
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     staging = plan.dest / f"{STAGING_MARK}{token}"
     aside = plan.dest / f"{STAGING_MARK}{token}{ASIDE_SUFFIX}"
@@ -498,8 +562,38 @@ def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> Resto
             staging.mkdir(mode=0o700)
         except OSError as exc:
             raise _write_error(plan.dest, exc, "preparing the restore") from None
+        extractor, stats = _stage(plan, staging, on_bytes)
+        # The swap takes its steps through this module's names (os.rename, os.link,
+        # exchange), so a test can stop a real restore at any one of them
+        # (tests/test_crash.py).
+        steps = Steps(rename=os.rename, link=os.link, exchange=exchange)
         try:
-            stream, hashed = _open_archive(plan)
+            swap_into_place(staging, plan.dest, aside, plan.scope.selects, steps)
+        except OSError as exc:
+            raise _write_error(
+                plan.dest, exc, "moving the restored files into place (every change was undone)"
+            ) from None
+    finally:
+        _clean_up(staging, aside)
+    return _finish(plan, extractor, stats, time.monotonic() - started)
+
+
+def _stage(
+    plan: RestorePlan, staging: Path, on_bytes: Callable[[int], None] | None
+) -> tuple[Extractor, ExtractStats]:
+    """Stream the archive into `staging` and check it whole against the manifest.
+
+    Raises GenerationDamaged for anything wrong with the generation; nothing
+    outside `staging` has been touched yet.
+    """
+    manifest = plan.manifest
+    try:
+        try:
+            raw, plan.reader = plan.reader or plan.target.open_reader(manifest.archive.key), None
+        except NotFoundError as exc:
+            raise _damaged(manifest.generation, exc) from None
+        try:
+            stream, hashed = decode(raw, manifest, plan.identities)
             try:
                 extractor = Extractor(
                     staging,
@@ -514,36 +608,38 @@ def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> Resto
             finally:
                 with contextlib.suppress(Exception):
                     stream.close()
-        except IntegrityError as exc:
-            raise _damaged(manifest.generation, exc) from None
-        except ItsupError as exc:
-            cause = exc.__context__
-            if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
-                need = sum(e.size for e in plan.entries() if plan.scope.selects(e.path))
-                raise ItsupError(
-                    f"{exc.message} (ENOSPC) while staging {plan.scope.label} from "
-                    f"{manifest.generation}; nothing at the destination was changed",
-                    hint=f"the restore writes all of it ({need / MiB:.1f} MiB) beside the "
-                    "destination before it replaces anything: free that much space there, "
-                    "or restore elsewhere with --to",
-                ) from None
-            raise
-        ref = manifest.archive
-        if hashed.size != ref.size or hashed.sha256.hexdigest() != ref.sha256:
-            raise GenerationDamaged(
-                manifest.generation,
-                f"{ref.key}: SHA-256 does not match the manifest of {manifest.generation} "
-                f"({hashed.size} bytes read, {ref.size} recorded); nothing was restored",
-            )
-        try:
-            swap_into_place(staging, plan.dest, aside, plan.scope)
-        except OSError as exc:
-            raise _write_error(
-                plan.dest, exc, "moving the restored files into place (every change was undone)"
+        finally:
+            with contextlib.suppress(Exception):
+                raw.close()
+    except IntegrityError as exc:
+        raise _damaged(manifest.generation, exc) from None
+    except ItsupError as exc:
+        cause = exc.__context__
+        if isinstance(cause, OSError) and cause.errno == errno.ENOSPC:
+            need = sum(e.size for e in plan.entries() if plan.scope.selects(e.path))
+            raise ItsupError(
+                f"{exc.message} (ENOSPC) while staging {plan.scope.label} from "
+                f"{manifest.generation}; nothing at the destination was changed",
+                hint=f"the restore writes all of it ({need / MiB:.1f} MiB) beside the "
+                "destination before it replaces anything: free that much space there, "
+                "or restore elsewhere with --to",
             ) from None
-    finally:
-        _clean_up(staging, aside)
-    seconds = time.monotonic() - started
+        raise
+    ref = manifest.archive
+    if hashed.size != ref.size or hashed.sha256.hexdigest() != ref.sha256:
+        raise GenerationDamaged(
+            manifest.generation,
+            f"{ref.key}: SHA-256 does not match the manifest of {manifest.generation} "
+            f"({hashed.size} bytes read, {ref.size} recorded); nothing was restored",
+        )
+    return extractor, stats
+
+
+def _finish(
+    plan: RestorePlan, extractor: Extractor, stats: ExtractStats, seconds: float
+) -> RestoreResult:
+    """Log what was restored and describe it."""
+    manifest = plan.manifest
     if extractor.external:
         log.info(
             "restored %d symlink(s) pointing outside the tree as links (never followed): %s",
@@ -594,199 +690,13 @@ def _clean_up(*folders: Path) -> None:
         raise interrupted
 
 
-# renameat2(2)'s RENAME_EXCHANGE swaps two paths in one step; None where libc lacks it.
-_AT_FDCWD = -100
-_RENAME_EXCHANGE = 2
-
-
-def _load_renameat2() -> Any:
-    try:
-        fn = ctypes.CDLL(None, use_errno=True).renameat2
-    except (OSError, AttributeError):
-        return None
-    fn.argtypes = [ctypes.c_int, ctypes.c_char_p, ctypes.c_int, ctypes.c_char_p, ctypes.c_uint]
-    fn.restype = ctypes.c_int
-    return fn
-
-
-_renameat2 = _load_renameat2()
-
-
-def exchange(a: Path, b: Path) -> bool:
-    """Atomically swap `a` and `b` (both must exist); False where that is not supported."""
-    if _renameat2 is None:
-        return False
-    if _renameat2(_AT_FDCWD, os.fsencode(a), _AT_FDCWD, os.fsencode(b), _RENAME_EXCHANGE) == 0:
-        return True
-    code = ctypes.get_errno()
-    if code in (errno.EINVAL, errno.ENOSYS, errno.EOPNOTSUPP, errno.EPERM):
-        return False
-    raise OSError(code, os.strerror(code), str(b))
-
-
-def swap_into_place(staging: Path, dest: Path, aside: Path, scope: Scope) -> None:
-    """Move staged paths into `dest`; undo every step on failure.
-
-    Each path changes in one atomic step, so a process killed at any point
-    leaves every path either as it was or as restored, never missing or half
-    written: a file over a file is renamed over it (the old one kept as a hard
-    link in `aside` for the rollback); a folder over a file, or the reverse, is
-    swapped with renameat2(RENAME_EXCHANGE). Only where neither is possible is
-    the old path first moved to `aside`, then the new one moved in; a restore
-    killed between the two leaves the old path in `aside`, and the next restore
-    puts it back (remove_leftovers).
-    """
-    # (step, relative path, inode of the old path), undone in reverse. Each step is
-    # written down *before* it is taken, so a signal landing between a rename and
-    # its entry cannot leave a change the rollback does not know about; undoing a
-    # step that was not taken is harmless (a missing path, or a rename between two
-    # links of one file, which does nothing).
-    journal: list[tuple[str, str, int]] = []
-    merged: list[tuple[str, os.stat_result]] = []  # folders kept, with their metadata before
-
-    def set_aside(rel: str) -> None:
-        (aside / rel).parent.mkdir(parents=True, exist_ok=True)
-        journal.append(("aside", rel, 0))
-        os.rename(dest / rel, aside / rel)
-
-    def move_in(rel: str) -> None:
-        journal.append(("in", rel, 0))
-        os.rename(staging / rel, dest / rel)
-
-    def replace(rel: str) -> bool:
-        (aside / rel).parent.mkdir(parents=True, exist_ok=True)
-        try:
-            os.link(dest / rel, aside / rel, follow_symlinks=False)
-        except OSError:  # no hard links here (or not allowed): the two-step way
-            return False
-        journal.append(("over", rel, 0))
-        os.rename(staging / rel, dest / rel)
-        return True
-
-    def swap(rel: str) -> bool:
-        old = os.lstat(dest / rel).st_ino
-        journal.append(("exchanged", rel, old))
-        if exchange(staging / rel, dest / rel):
-            return True
-        journal.pop()
-        return False
-
-    def undo(step: str, rel: str, old: int) -> None:
-        if step == "in":
-            if not os.path.lexists(staging / rel):
-                os.rename(dest / rel, staging / rel)
-        elif step in ("aside", "over"):
-            os.rename(aside / rel, dest / rel)
-        elif os.lstat(dest / rel).st_ino != old:  # exchanged: swap back if it was done
-            exchange(staging / rel, dest / rel)
-
-    def visit(rel: str) -> None:
-        src, dst = staging / rel, dest / rel
-        src_is_dir = src.is_dir() and not src.is_symlink()
-        if not os.path.lexists(dst):
-            move_in(rel)
-            return
-        dst_is_dir = dst.is_dir() and not dst.is_symlink()
-        if src_is_dir and dst_is_dir:
-            merged.append((rel, os.lstat(dst)))
-            st = os.lstat(src)  # before moving children out changes its mtime
-            for child in sorted(os.listdir(src)):
-                visit(f"{rel}/{child}")
-            if scope.selects(rel):
-                os.chmod(dst, st.st_mode & 0o7777)
-                with contextlib.suppress(PermissionError):
-                    os.chown(dst, st.st_uid, st.st_gid) if os.geteuid() == 0 else None
-                os.utime(dst, ns=(st.st_mtime_ns, st.st_mtime_ns))
-            return
-        if not src_is_dir and not dst_is_dir and replace(rel):
-            return
-        if swap(rel):
-            return
-        set_aside(rel)
-        move_in(rel)
-
-    try:
-        for top in sorted(os.listdir(staging)):
-            visit(top)
-    except BaseException:
-        for step, rel, old in reversed(journal):
-            with contextlib.suppress(OSError):
-                undo(step, rel, old)
-        for rel, st in reversed(merged):  # last: undoing the steps changed their mtimes
-            with contextlib.suppress(OSError):
-                if os.geteuid() == 0:
-                    os.chown(dest / rel, st.st_uid, st.st_gid)
-                os.chmod(dest / rel, st.st_mode & 0o7777)
-                os.utime(dest / rel, ns=(st.st_atime_ns, st.st_mtime_ns))
-        raise
-    for step, rel, _ in journal:
-        if step != "in":
-            log.debug("replaced %s", rel)
-
-
-def remove_leftovers(dest: Path) -> None:
-    """Clear what restores that were killed left in `dest` (their process is gone).
-
-    A killed restore leaves its staging folder and its set-aside folder. A path
-    set aside whose place at the destination is empty (the restore died between
-    moving it out and moving its replacement in) is put back first; then both
-    folders are deleted. Folders whose owner still runs are left alone.
-    """
-    if not dest.is_dir():
-        return
-    for path in sorted(dest.iterdir(), key=lambda p: not p.name.endswith(ASIDE_SUFFIX)):
-        if not path.name.startswith(STAGING_MARK):
-            continue
-        pid = path.name[len(STAGING_MARK) :].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
-            continue
-        if path.name.endswith(ASIDE_SUFFIX) and path.is_dir() and not path.is_symlink():
-            with contextlib.suppress(OSError):
-                back = _put_back(path, dest, "")
-                if back:
-                    log.warning(
-                        "put back %d path(s) set aside by a restore that was stopped: %s",
-                        len(back),
-                        ", ".join(back[:5]) + (" ..." if len(back) > 5 else ""),
-                    )
-        log.info("removing %s, left by a restore that was stopped", path)
-        shutil.rmtree(path, ignore_errors=True)
-
-
-def _put_back(aside: Path, dest: Path, rel: str) -> list[str]:
-    """Move paths in `aside` back to `dest` where `dest` has nothing in their place."""
-    back: list[str] = []
-    with os.scandir(aside / rel if rel else aside) as entries:
-        found = sorted((e.name, e.is_dir(follow_symlinks=False)) for e in entries)
-    for name, is_dir in found:
-        sub = f"{rel}/{name}" if rel else name
-        there = dest / sub
-        try:
-            st = os.lstat(there)
-        except FileNotFoundError:
-            os.rename(aside / sub, there)  # `dest/rel` is a real folder: checked below
-            back.append(sub)
-            continue
-        if is_dir and st_mod.S_ISDIR(st.st_mode):
-            back += _put_back(aside, dest, sub)
-    return back
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 __all__ = [
+    "FallbackOutcome",
     "GenerationDamaged",
     "ItsupError",
     "RestorePlan",
     "RestoreResult",
     "plan_restore",
+    "restore_with_fallback",
     "run_restore",
 ]

@@ -92,10 +92,10 @@ class KeygenResult:
 
 def keygen(layout: Layout | None, path: Path | None = None) -> KeygenResult:
     """Create an age identity where sops looks (0600, never overwriting) and register it."""
-    import pyrage
+    from itsup.agekeys import pyrage_module
 
     target = path or sops.key_file()
-    identity = pyrage.x25519.Identity.generate()
+    identity = pyrage_module().x25519.Identity.generate()
     public = str(identity.to_public())
     stamp = time.strftime("%Y-%m-%dT%H:%M:%S%z")
     text = f"# created: {stamp}\n# public key: {public}\n{identity}\n"
@@ -137,7 +137,7 @@ def keygen(layout: Layout | None, path: Path | None = None) -> KeygenResult:
 
 
 def public_keys_in(path: Path) -> list[str]:
-    import pyrage
+    from itsup.agekeys import public_key
 
     keys = []
     try:
@@ -148,14 +148,14 @@ def public_keys_in(path: Path) -> list[str]:
         line = line.strip()
         if line.startswith("AGE-SECRET-KEY-"):
             try:
-                keys.append(str(pyrage.x25519.Identity.from_str(line).to_public()))
-            except Exception:
+                keys.append(public_key(line))
+            except ValueError:
                 continue
     return keys
 
 
 def _check_recipient(key: str) -> str:
-    from itsup.pipeline.crypt import parse_recipient
+    from itsup.agekeys import parse_recipient
 
     key = key.strip()
     if key.upper().startswith("AGE-SECRET-KEY-"):

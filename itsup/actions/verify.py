@@ -21,7 +21,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from itsup.actions.restore import load_index
+from itsup.agekeys import default_identity_file, load_identities
 from itsup.errors import IntegrityError, NotFoundError
 from itsup.generation import (
     LATEST,
@@ -34,9 +34,10 @@ from itsup.generation import (
     select_generation,
 )
 from itsup.host import Host
+from itsup.index import load_index
 from itsup.manifest import Entry, Manifest, read_index
-from itsup.pipeline.check import check_archive, hash_object
-from itsup.pipeline.crypt import default_identity_file, load_identities
+from itsup.pipeline.check import check_archive
+from itsup.pipeline.stream import hash_stream
 from itsup.storage import Target
 
 OK, FAILED, INCOMPLETE = "ok", "failed", "incomplete"
@@ -284,7 +285,7 @@ def _verify(
     if entries is None:
         # Without an index there is nothing to compare the members with; the object's
         # own SHA-256 still says whether it is what the backup wrote.
-        size, digest = hash_object(target, manifest.archive.key)
+        size, digest = hash_stream(target.open_reader(manifest.archive.key))
         check.bytes_read += size
         if size != manifest.archive.size or digest != manifest.archive.sha256:
             check.fail(f"{manifest.archive.key}: SHA-256 does not match the manifest")
@@ -297,7 +298,15 @@ def _verify(
         count = len(files) if subset >= 100 else math.ceil(len(files) * subset / 100)
         sample = set(files) if count >= len(files) else set(rng.sample(files, count))
     check.files_sampled = len(sample)
-    result = check_archive(target, manifest, keys, entries, sample)
+    key = manifest.archive.key
+    result = check_archive(
+        target.open_reader(key),
+        manifest,
+        keys,
+        entries,
+        sample,
+        reopen=lambda: target.open_reader(key),
+    )
     check.bytes_read += result.archive_bytes
     check.members = result.members
     check.files = result.files

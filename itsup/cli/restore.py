@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import logging
-import signal
 import sys
 from typing import TYPE_CHECKING
 
@@ -11,13 +9,10 @@ import click
 
 from itsup.cli.common import TARGET, open_host
 from itsup.cli.output import byte_progress, err, human_bytes, interactive, notice, out
-from itsup.errors import IntegrityError, NotFoundError, UsageError
+from itsup.errors import UsageError
 
 if TYPE_CHECKING:
     from itsup.actions.restore import GenerationDamaged, RestorePlan
-
-log = logging.getLogger("itsup.restore")
-QUIET = {"console": False}  # logged to logs/backup.log; the console line is printed here
 
 
 @click.command()
@@ -85,59 +80,34 @@ def restore(
     followed) and named. Into the host root, the host lock is held (exit 11
     while a backup or another restore runs); --to elsewhere needs no lock.
     """
-    # The restore action imports pyrage, a Rust extension that panics (traceback,
-    # exit 1) if a SIGINT/SIGTERM is handled while it initialises: hold them back
-    # for the import; they are handled right after it (exit 130).
-    held = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGINT, signal.SIGTERM})
-    try:
-        from itsup.actions.restore import GenerationDamaged, plan_restore, run_restore
-    finally:
-        signal.pthread_sigmask(signal.SIG_SETMASK, held)
+    from itsup.actions.restore import restore_with_fallback
 
     _check_arguments(
         ctx, what, path, generation, fallback, allow_external_links, refuse_external_links
     )
     host = open_host(ctx)
-    tried = _Fallback(fallback)
-    while True:
-        try:
-            plan = plan_restore(
-                host,
-                what,
-                path=path,
-                generation=generation,
-                to=to,
-                target_choice=target_choice,
-                refuse_external_links=refuse_external_links,
-                prefetch=not dry_run,
-                hold_lock=not dry_run,  # into the live root: exit 11 at once if it is taken
-                skip=[s.generation for s in tried.skipped],
-            )
-        except GenerationDamaged as exc:
-            tried.skip(exc)
-            continue
-        except NotFoundError:
-            tried.give_up()  # the damaged ones were all there was
-            raise
-        if dry_run:
-            _show_dry_run(plan)
-            tried.report(plan.manifest.generation, "would restore")
-            _note_external(plan.external, "would restore")
-            return
-        try:
-            _confirm(plan, yes)
-        except BaseException:
-            plan.close()  # the read-ahead and the host lock
-            raise
-        show = interactive()
-        try:
-            with byte_progress("restore", plan.manifest.source_bytes, show) as advance:
-                result = run_restore(plan, on_bytes=advance)
-        except GenerationDamaged as exc:
-            tried.skip(exc)
-            continue
-        break
-    tried.report(result.generation, "restored")
+    show = interactive()
+    outcome = restore_with_fallback(
+        host,
+        what,
+        path=path,
+        generation=generation,
+        to=to,
+        target_choice=target_choice,
+        refuse_external_links=refuse_external_links,
+        dry_run=dry_run,
+        fallback=fallback,
+        on_skip=_skipped,
+        confirm=lambda plan: _confirm(plan, yes),
+        progress=lambda plan: byte_progress("restore", plan.manifest.source_bytes, show),
+    )
+    plan, result = outcome.plan, outcome.result
+    if result is None:  # a dry run
+        _show_dry_run(plan)
+        _fell_back(outcome.skipped, plan.manifest.generation, "would restore")
+        _note_external(plan.external, "would restore")
+        return
+    _fell_back(outcome.skipped, result.generation, "restored")
     _note_external(result.external_links, "restored")
     if show or ctx.obj["verbose"]:
         out.print(
@@ -186,42 +156,21 @@ def _check_arguments(
         )
 
 
-class _Fallback:
-    """The generations `--fallback` skipped as damaged (without it, the first error stands)."""
+def _skipped(exc: GenerationDamaged) -> None:
+    notice(
+        f"itsup: warning: skipped {exc.generation}: {exc.reason}; trying the next "
+        "older complete generation (--fallback)"
+    )
 
-    def __init__(self, enabled: bool) -> None:
-        self.enabled = enabled
-        self.skipped: list[GenerationDamaged] = []
 
-    def skip(self, exc: GenerationDamaged) -> None:
-        if not self.enabled:
-            raise exc
-        self.skipped.append(exc)
-        notice(
-            f"itsup: warning: skipped {exc.generation}: {_why(exc)}; trying the next "
-            "older complete generation (--fallback)"
-        )
-        log.warning("--fallback: skipped %s: %s", exc.generation, exc.message, extra=QUIET)
-
-    def give_up(self) -> None:
-        """Every complete generation was tried and none restores: say so (exit 5)."""
-        if not self.skipped:
-            return
-        tried = "; ".join(f"{s.generation} ({_why(s)})" for s in self.skipped)
-        raise IntegrityError(
-            f"--fallback: no complete generation could be restored; tried {tried}",
-            hint="`itsup backup verify --all` shows what is wrong with each",
-        )
-
-    def report(self, generation: str, done: str) -> None:
-        if not self.skipped:
-            return
-        names = ", ".join(s.generation for s in self.skipped)
-        notice(
-            f"itsup: warning: {done} {generation}, an older generation: skipped {names} "
-            "(damaged) because of --fallback"
-        )
-        log.warning("--fallback: %s %s; skipped %s", done, generation, names, extra=QUIET)
+def _fell_back(skipped: list[GenerationDamaged], generation: str, done: str) -> None:
+    if not skipped:
+        return
+    names = ", ".join(s.generation for s in skipped)
+    notice(
+        f"itsup: warning: {done} {generation}, an older generation: skipped {names} "
+        "(damaged) because of --fallback"
+    )
 
 
 def _show_dry_run(plan: RestorePlan) -> None:
@@ -275,7 +224,3 @@ def _note_external(links: list[tuple[str, str]], done: str) -> None:
         notice(line)
     else:
         err.print(line, markup=False)
-
-
-def _why(exc: GenerationDamaged) -> str:
-    return exc.message.removeprefix(f"{exc.generation}: ")

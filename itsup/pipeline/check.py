@@ -1,30 +1,29 @@
 """Check an archive object against its manifest and file index, without writing.
 
 Used by `itsup backup verify`: the object is streamed through the very
-stages a restore reads it with (ranged download, SHA-256, age, gunzip, the
+stages a restore reads it with (`codec.decode`: SHA-256, age, gunzip, the
 tar reader), nothing lands on disk, and every member is compared with the
 next index entry. The file contents of a chosen set of members can be
 re-hashed on the way and compared with the SHA-256 the index records.
+Where the object comes from is the caller's business: it hands over a
+stream, and a way to read the object once more.
 """
 
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import io
 import tarfile
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
-from typing import Any, BinaryIO, cast
+from typing import Any, BinaryIO
 
 from itsup.errors import IntegrityError
 from itsup.manifest import Entry, Manifest
-from itsup.pipeline.crypt import decrypting_reader
-from itsup.pipeline.decompress import gunzip_reader
+from itsup.pipeline.codec import decode
 from itsup.pipeline.extract import check_member
-from itsup.pipeline.stream import GuardedReader, HashingReader
+from itsup.pipeline.stream import hash_stream
 from itsup.pipeline.tarformat import TarReader
-from itsup.storage import Target
 
 CHUNK = 1 << 20
 
@@ -66,41 +65,16 @@ def _describe(kind: str, size: int, link: str | None) -> str:
     return kind
 
 
-def hash_object(target: Target, key: str) -> tuple[int, str]:
-    """Size and SHA-256 of a stored object, streamed (never written anywhere)."""
-    raw = target.open_reader(key)
-    hashed = HashingReader(raw)
-    try:
-        hashed.drain()
-    finally:
-        hashed.close()
-    return hashed.size, hashed.sha256.hexdigest()
-
-
-class _Stages:
-    """The decoding stages above the object, closed outermost first."""
-
-    def __init__(self) -> None:
-        self.items: list[Any] = []
-
-    def add(self, stream: Any) -> Any:
-        self.items.append(stream)
-        return stream
-
-    def close(self) -> None:
-        for stream in reversed(self.items):
-            with contextlib.suppress(Exception):
-                stream.close()
-
-
 def check_archive(
-    target: Target,
+    stream: BinaryIO,
     manifest: Manifest,
     identities: list[Any],
     entries: Iterable[Entry],
     sample: set[str] | frozenset[str] = frozenset(),
+    *,
+    reopen: Callable[[], BinaryIO],
 ) -> ArchiveCheck:
-    """Stream `manifest`'s archive and compare it with the index `entries`.
+    """Stream `manifest`'s archive from `stream` and compare it with the index `entries`.
 
     Checks, in one pass: the object's size and SHA-256 against the manifest;
     that it decrypts and decompresses to its end (trailers included); that
@@ -108,23 +82,21 @@ def check_archive(
     link); and, for the regular files whose paths are in `sample`, that the
     SHA-256 of their content is the one the index records. Problems are
     collected, not raised; storage and key errors (StorageError,
-    ConfigError) are raised as they are.
+    ConfigError) are raised as they are. `stream` is closed on return.
+    When decoding stops part way, the object is read once more from
+    `reopen()`, only hashed, to tell damage in storage from damage written.
     """
     ref = manifest.archive
     key = ref.key
     result = ArchiveCheck()
-    raw = target.open_reader(key)
-    hashed = HashingReader(raw)
-    stages = _Stages()
     decode_problem: str | None = None
     stream_problems: list[str] = []
     try:
-        stream: Any = hashed
-        if manifest.encrypted:
-            stream = stages.add(decrypting_reader(cast(BinaryIO, hashed), identities, key))
-        if manifest.compression == "gzip":
-            stream = stages.add(gunzip_reader(GuardedReader(stream, key)))  # type: ignore[arg-type]
-        top = stages.add(io.BufferedReader(GuardedReader(stream, key), CHUNK))
+        top, hashed = decode(stream, manifest, identities)
+    except BaseException:
+        stream.close()
+        raise
+    try:
         try:
             _compare(top, iter(entries), sample, result, stream_problems)
             while top.read(CHUNK):  # to the end: the gzip trailer (CRC, length) is checked
@@ -136,14 +108,14 @@ def check_archive(
         if decode_problem is None:
             hashed.drain()
     finally:
-        stages.close()
+        top.close()
         size, digest = hashed.size, hashed.sha256.hexdigest()
         with contextlib.suppress(Exception):
             hashed.close()
     if decode_problem is not None:
         # The decoders stopped part way: hash the stored object on its own, so the
         # report says whether it is still the object the backup wrote.
-        more, digest = hash_object(target, key)
+        more, digest = hash_stream(reopen())
         result.archive_bytes = size + more
         size = more
     else:

@@ -78,6 +78,16 @@ class HashingReader(io.RawIOBase):
         super().close()
 
 
+def hash_stream(stream: BinaryIO) -> tuple[int, str]:
+    """Size and SHA-256 of `stream`, read to its end and then closed (nothing written)."""
+    hashed = HashingReader(stream)
+    try:
+        hashed.drain()
+    finally:
+        hashed.close()
+    return hashed.size, hashed.sha256.hexdigest()
+
+
 _EOF = object()
 
 
