@@ -9,10 +9,10 @@ names), unknown keys, random YAML documents with anchors, random bytes,
 non-UTF-8 text, an empty file. The answer is always exit 4 with one
 `FILE:LINE: key: message` line per problem (or one clear line), never a
 traceback, never "internal error", in bounded time and memory, and nothing
-written outside the host root. (tests/test_config.py holds the cases the
+written outside the host root. (tests/e2e/test_config.py holds the cases the
 operator meets every day; these are the ones nobody writes on purpose.)
 
-Archives: the hostile archives of tests/test_hostile.py, published as proper
+Archives: the hostile archives of tests/e2e/test_hostile.py, published as proper
 generations, through `itsup backup verify` and `itsup backup drill`: exit 5,
 naming the member, and nothing written outside the drill's scratch folder and
 the host's own run records.
@@ -37,7 +37,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import ITSUP, Result, make_host, write_config
+from helpers import ITSUP, Result, make_host, write_config
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 from reliability import record
