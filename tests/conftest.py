@@ -3,6 +3,8 @@ and the rules of the three tiers (tests/README.md).
 
 Services are started by the suite itself. A service that cannot be started
 is an error, never a skip: a green run must mean everything was exercised.
+Under pytest-xdist every worker is a session of its own, so each starts its
+own S3 server on a free port and has its own temporary folders.
 
 What the tests call (the `itsup` command, host builders, tree snapshots) is in
 helpers.py; import it from there.
@@ -57,10 +59,11 @@ def tier_of(path: Path) -> str | None:
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Mark every test with its tier and hold each tier to its rules.
+    """Mark every test with its tier and hold each tier to its rules; start slow tests first.
 
     A test file outside the tier folders, or a unit test that asks for a server, stops
-    the run.
+    the run. `slow` tests go first so that under xdist they do not start last and keep
+    one worker busy after the others are done (the order is otherwise collection order).
     """
     problems = set()
     for item in items:
@@ -76,6 +79,7 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
             problems.add(f"{file}: a unit test uses no server: move it to tests/integration")
     if problems:
         raise pytest.UsageError("; ".join(sorted(problems)) + " (see tests/README.md)")
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
 
 
 def _no_subprocess(*args: Any, **kwargs: Any) -> None:
@@ -104,6 +108,7 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real S3 server per session, that is per xdist worker."""
     server = start_s3_server(tmp_path_factory.mktemp("s3"))
     try:
         yield server

@@ -291,6 +291,7 @@ REFUSED_ONE_LINE = "refused: exit 4, one FILE:LINE: key line"
 tried_wrong: Counter[Key] = Counter()
 
 
+@pytest.mark.xdist_group("fuzz-wrong-types")  # with the check after it
 @settings(max_examples=600, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(case=wrong_values())
 def test_wrong_type_for_any_key_is_one_line_at_its_line(
@@ -310,6 +311,7 @@ def test_wrong_type_for_any_key_is_one_line_at_its_line(
     record("input", WRONG_TYPE_FAULT, REFUSED_ONE_LINE)
 
 
+@pytest.mark.xdist_group("fuzz-wrong-types")
 def test_every_key_got_wrong_types() -> None:
     """Runs after the property (file order): every key of the table was tried."""
     if not tried_wrong:
@@ -385,6 +387,8 @@ HUGE_OUTCOME = "judged in < 5 s: loaded, or refused with short FILE:LINE lines"
 tried_huge: Counter[str] = Counter()
 
 
+@pytest.mark.serial  # a time limit: measured alone, after the parallel part
+@pytest.mark.xdist_group("fuzz-huge-values")  # with the check after it
 @settings(
     max_examples=60,
     deadline=None,
@@ -406,6 +410,8 @@ def test_huge_values_are_judged_quickly_in_short_lines(
     record("input", HUGE_FAULT, HUGE_OUTCOME)
 
 
+@pytest.mark.serial
+@pytest.mark.xdist_group("fuzz-huge-values")
 def test_every_huge_kind_was_tried() -> None:
     if not tried_huge:
         pytest.skip("run together with test_huge_values_are_judged_quickly_in_short_lines")
