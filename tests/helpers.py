@@ -266,6 +266,16 @@ def generations(root: Path) -> list[dict[str, Any]]:
     return rows
 
 
+def payload(size: int, seed: int = 0) -> bytes:
+    """Incompressible, reproducible bytes (a SHA-256 counter stream)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
+        counter += 1
+    return bytes(out[:size])
+
+
 def sha256_file(path: Path | bytes) -> str:
     digest = hashlib.sha256()
     with open(path, "rb", buffering=0) as fh:

@@ -240,8 +240,9 @@ def snapshot(top: Path, skip: Path | None = None) -> dict[str, tuple[object, ...
     return found
 
 
-@pytest.fixture
-def world(tmp_path: Path) -> World:
+def make_world(tmp_path: Path) -> World:
+    """A host whose local target gets hand-made archives, a destination holding data,
+    and a folder outside both that nothing may touch."""
     root = make_host(tmp_path / "host", volumes=False)
     target = tmp_path / "target"
     write_config(root, f"backup:\n  local:\n    path: {target}\n")
@@ -253,6 +254,11 @@ def world(tmp_path: Path) -> World:
     outside.mkdir()
     (outside / "canary").write_text("outside\n")
     return World(tmp_path, root, target, dest, outside)
+
+
+@pytest.fixture
+def world(tmp_path: Path) -> World:
+    return make_world(tmp_path)
 
 
 def assert_refused(world: World, result: Result, member: str, before: dict[str, object]) -> None:

@@ -41,6 +41,7 @@ from test_hostile import (
     LINK_TARGET_ONLY,
     World,
     assert_refused,
+    make_world,
     publish_members,
     snapshot,
 )
@@ -163,16 +164,7 @@ def test_links_out_of_the_tree_are_never_written_through(tmp_path: Path) -> None
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     """As test_hostile's: a host whose local target gets hand-made archives."""
-    root = make_host(tmp_path / "host", volumes=False)
-    target = tmp_path / "target"
-    write_config(root, f"backup:\n  local:\n    path: {target}\n")
-    dest = tmp_path / "dest" / "deeper"
-    (dest / "proxy" / "traefik").mkdir(parents=True)
-    (dest / "proxy" / "traefik" / "acme.json").write_text("the operator's certificates\n")
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "canary").write_text("outside\n")
-    return World(tmp_path, root, target, dest, outside)
+    return make_world(tmp_path)
 
 
 HOSTILE = sorted(set(hostile_cases(Path("/x"))) - LINK_TARGET_ONLY)
