@@ -394,6 +394,7 @@ tried_huge: Counter[str] = Counter()
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
     phases=[Phase.explicit, Phase.reuse, Phase.generate],  # each example is already simple
+    derandomize=True,  # the same 60 examples each run: random ones missed a kind at times
 )
 @given(case=huge_values())
 def test_huge_values_are_judged_quickly_in_short_lines(
