@@ -1,28 +1,99 @@
-"""Shared fixtures: a real S3 server on loopback, sample host trees, the CLI.
+"""Shared fixtures: a real S3 server on loopback, sample hosts, a HOME of the test's own;
+and the rules of the three tiers (tests/README.md).
 
 Services are started by the suite itself. A service that cannot be started
 is an error, never a skip: a green run must mean everything was exercised.
+Under pytest-xdist every worker is a session of its own, so each starts its
+own S3 server on a free port and has its own temporary folders.
+
+What the tests call (the `itsup` command, host builders, tree snapshots) is in
+helpers.py; import it from there.
 """
 
 from __future__ import annotations
 
 import hashlib
-import os
 import re
+import socket
 import subprocess
 import sys
 from collections.abc import Iterator
-from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 sys.path.insert(0, str(Path(__file__).parent))
 
+# Names test modules once imported from here; they live in helpers.py now.
+from helpers import (  # noqa: F401
+    ITSUP,
+    REPO,
+    HostFactory,
+    Result,
+    Store,
+    make_host,
+    run_itsup,
+    s3_config,
+    s3_secrets,
+    setup_host,
+    write_config,
+)
 from s3server import S3Server, start_s3_server
 
-REPO = Path(__file__).resolve().parent.parent
-ITSUP = [sys.executable, "-m", "itsup"]
+TESTS = Path(__file__).resolve().parent
+TIERS = ("unit", "integration", "e2e")
+TARGETS = ("local", "s3")
+
+
+# -- tiers ------------------------------------------------------------------------------
+
+
+def tier_of(path: Path) -> str | None:
+    """The tier a test file belongs to: the folder below tests/ that holds it."""
+    try:
+        top = path.resolve().relative_to(TESTS).parts[0]
+    except (ValueError, IndexError):
+        return None
+    return top if top in TIERS else None
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Mark every test with its tier and hold each tier to its rules; start slow tests first.
+
+    A test file outside the tier folders, or a unit test that asks for a server, stops
+    the run. `slow` tests go first so that under xdist they do not start last and keep
+    one worker busy after the others are done (the order is otherwise collection order).
+    """
+    problems = set()
+    for item in items:
+        file = item.nodeid.split("::")[0]
+        tier = tier_of(item.path)
+        if tier is None:
+            problems.add(
+                f"{file} is in no tier: move it to tests/unit, tests/integration or tests/e2e"
+            )
+            continue
+        item.add_marker(tier)
+        if tier == "unit" and "s3_server" in getattr(item, "fixturenames", ()):
+            problems.add(f"{file}: a unit test uses no server: move it to tests/integration")
+    if problems:
+        raise pytest.UsageError("; ".join(sorted(problems)) + " (see tests/README.md)")
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)
+
+
+def _no_subprocess(*args: Any, **kwargs: Any) -> None:
+    raise AssertionError(
+        "a unit test starts no process: move the test to tests/integration "
+        "(or tests/e2e when it runs the itsup command)"
+    )
+
+
+@pytest.fixture(autouse=True)
+def _unit_tier_rules(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Unit tests run in-process only: no subprocess (and, checked at collection, no server)."""
+    if request.node.get_closest_marker("unit") is not None:
+        monkeypatch.setattr(subprocess.Popen, "__init__", _no_subprocess)
 
 
 def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
@@ -32,13 +103,60 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
     reliability.flush()
 
 
+# -- services and hosts -------------------------------------------------------------------
+
+
 @pytest.fixture(scope="session")
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """One real S3 server per session, that is per xdist worker."""
     server = start_s3_server(tmp_path_factory.mktemp("s3"))
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3_prefix(request: pytest.FixtureRequest) -> str:
+    """A key prefix of this test's own, so tests never see each other's generations.
+
+    The readable part is the test function's name, cut short; the hash of the full
+    node id (file, class, parameters) keeps every test and parametrization apart.
+    """
+    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
+    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.originalname)[:40]
+    return f"t/{readable}-{digest}/"
+
+
+@pytest.fixture(params=TARGETS)
+def new_host(request: pytest.FixtureRequest, tmp_path: Path) -> HostFactory:
+    """Builds sample hosts in this test's folder, backing up to one target kind.
+
+    `new_host(name="host", **options)` returns the host's `Store`; the options go to
+    `helpers.setup_host` (include_volumes, extra, volumes). A test using it runs
+    once per target kind, local and s3; one that needs a single kind says so with
+    `@pytest.mark.parametrize("new_host", ["local"], indirect=True)`.
+    """
+    kind = str(request.param)
+
+    def make(name: str = "host", **kw: Any) -> Store:
+        server = request.getfixturevalue("s3_server") if kind == "s3" else None
+        prefix = request.getfixturevalue("s3_prefix")
+        return setup_host(tmp_path / name, kind, server, prefix, **kw)
+
+    return make
+
+
+@pytest.fixture
+def blackhole() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(64)
+    try:
+        yield int(sock.getsockname()[1])
+    finally:
+        sock.close()
 
 
 @pytest.fixture
@@ -70,104 +188,3 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     ):
         monkeypatch.delenv(var, raising=False)
     return home
-
-
-@pytest.fixture
-def s3_prefix(request: pytest.FixtureRequest) -> str:
-    """A key prefix of this test's own, so tests never see each other's generations.
-
-    The readable part is the test function's name, cut short; the hash of the full
-    node id (file, class, parameters) keeps every test and parametrization apart.
-    """
-    digest = hashlib.sha1(request.node.nodeid.encode()).hexdigest()[:12]
-    readable = re.sub(r"[^A-Za-z0-9_.-]+", "-", request.node.originalname)[:40]
-    return f"t/{readable}-{digest}/"
-
-
-@dataclass
-class Result:
-    code: int
-    out: str
-    err: str
-
-
-def run_itsup(
-    *args: str | os.PathLike[str],
-    root: Path | None = None,
-    env: dict[str, str] | None = None,
-    stdin: str | None = None,
-    timeout: float = 300,
-) -> Result:
-    """Run the installed `itsup` command as an operator would, in a subprocess."""
-    cmd = [*ITSUP]
-    if root is not None:
-        cmd += ["--root", str(root)]
-    cmd += [str(a) for a in args]
-    full_env = {**os.environ, **(env or {})}
-    full_env.pop("ITSUP_ROOT", None) if root is not None else None
-    proc = subprocess.run(
-        cmd,
-        capture_output=True,
-        text=True,
-        env=full_env,
-        timeout=timeout,
-        input=stdin if stdin is not None else "",
-        cwd=str(root or REPO),
-    )
-    return Result(proc.returncode, proc.stdout, proc.stderr)
-
-
-def write_config(root: Path, text: str) -> None:
-    (root / "projects").mkdir(parents=True, exist_ok=True)
-    (root / "projects" / "itsup.yml").write_text(text)
-
-
-def s3_config(server: S3Server, prefix: str, extra: str = "") -> str:
-    return (
-        "backup:\n"
-        "  s3:\n"
-        f"    bucket: {server.bucket}\n"
-        f"    prefix: {prefix}\n"
-        "    region: us-east-1\n"
-        f"    endpoint: {server.endpoint}\n"
-        "    access_key_id: ${S3_KEY_ID}\n"
-        "    secret_access_key: ${S3_SECRET}\n"
-        f"{extra}"
-    )
-
-
-def s3_secrets(root: Path, server: S3Server) -> None:
-    """Credentials go where operators keep them: secrets/itsup.txt."""
-    (root / "secrets").mkdir(parents=True, exist_ok=True)
-    path = root / "secrets" / "itsup.txt"
-    path.write_text(f"S3_KEY_ID={server.access_key}\nS3_SECRET={server.secret_key}\n")
-    path.chmod(0o600)
-
-
-def make_host(root: Path, *, volumes: bool = True) -> Path:
-    """A small host tree as the spec lays it out."""
-    (root / "projects" / "app").mkdir(parents=True, exist_ok=True)
-    (root / "projects" / "app" / "docker-compose.yml").write_text(
-        "services:\n  web:\n    image: nginx\n"
-    )
-    (root / "projects" / "app" / "ingress.yml").write_text("enabled: true\n")
-    (root / "projects" / "traefik.yml").write_text("log:\n  level: INFO\n")
-    for project in ("app", "blog"):
-        up = root / "upstream" / project
-        up.mkdir(parents=True, exist_ok=True)
-        (up / "docker-compose.yml").write_text(f"services:\n  {project}:\n    image: {project}\n")
-        if volumes:
-            (up / "volumes" / "data").mkdir(parents=True, exist_ok=True)
-            (up / "volumes" / "data" / "db.bin").write_bytes(os.urandom(200_000))
-    traefik = root / "proxy" / "traefik"
-    traefik.mkdir(parents=True, exist_ok=True)
-    (traefik / "traefik.yml").write_text("entryPoints:\n  web:\n    address: ':80'\n")
-    (traefik / "dynamic.conf.yaml").write_text("http: {}\n")
-    acme = traefik / "acme.json"
-    acme.write_text('{"letsencrypt": {"Certificates": []}}\n')
-    acme.chmod(0o600)
-    (root / "proxy" / "docker-compose.yml").write_text(
-        "services:\n  traefik:\n    image: traefik\n"
-    )
-    (root / "logs").mkdir(exist_ok=True)
-    return root

@@ -1,6 +1,11 @@
-"""Helpers shared by the end-to-end tests (test_backup_restore.py, test_failures.py,
-test_plain_tools.py): the backup storage as an operator sees it, sample hosts, the
-`itsup` command, and snapshots of a host tree to compare before and after a restore.
+"""What the tests share (fixtures are in conftest.py): the `itsup` command, sample host
+trees and their backup storage as an operator sees it, and snapshots of a host tree
+to compare before and after a restore.
+
+Hosts are built in three steps, each on the one before: `make_host` lays out the
+tree, `setup_host` adds an itsup.yml for the local target or the S3 server and
+returns its `Store`, and the `new_host` fixture calls `setup_host` in the test's
+own folder, once per target kind.
 """
 
 from __future__ import annotations
@@ -13,16 +18,18 @@ import os
 import re
 import shutil
 import stat
+import subprocess
+import sys
 import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import pytest
-from conftest import Result, make_host, run_itsup, s3_config, s3_secrets, write_config
 from s3server import S3Server
 
+REPO = Path(__file__).resolve().parent.parent
+ITSUP = [sys.executable, "-m", "itsup"]
 MiB = 1 << 20
 GiB = 1 << 30
 TOPS = ("upstream", "proxy")
@@ -31,7 +38,135 @@ NAME_RE = re.compile(r"^backup-\d{4}-\d{2}-\d{2}-\d{6}$")
 STAGING_MARK = ".itsup-restore-"
 
 
-# -- helpers shared with the other end-to-end files ------------------------------------
+# -- the command ---------------------------------------------------------------------
+
+
+@dataclass
+class Result:
+    code: int
+    out: str
+    err: str
+
+
+def run_itsup(
+    *args: str | os.PathLike[str],
+    root: Path | None = None,
+    env: dict[str, str] | None = None,
+    stdin: str | None = None,
+    timeout: float = 300,
+    expect: int | None = None,
+) -> Result:
+    """Run the installed `itsup` command as an operator would, in a subprocess.
+
+    With `expect`, the exit code must be that one and no traceback may show;
+    without it the caller checks the Result itself.
+    """
+    cmd = [*ITSUP]
+    if root is not None:
+        cmd += ["--root", str(root)]
+    cmd += [str(a) for a in args]
+    full_env = {**os.environ, **(env or {})}
+    full_env.pop("ITSUP_ROOT", None) if root is not None else None
+    proc = subprocess.run(
+        cmd,
+        capture_output=True,
+        text=True,
+        env=full_env,
+        timeout=timeout,
+        input=stdin if stdin is not None else "",
+        cwd=str(root or REPO),
+    )
+    res = Result(proc.returncode, proc.stdout, proc.stderr)
+    if expect is not None:
+        assert res.code == expect, f"itsup {' '.join(map(str, args))}: exit {res.code}\n{res.err}"
+        assert "Traceback" not in res.err + res.out
+    return res
+
+
+def itsup(root: Path, *args: str | os.PathLike[str], expect: int = 0, **kw: Any) -> Result:
+    """`run_itsup(*args, root=root, expect=0)`: the short form most end-to-end tests use."""
+    kw.setdefault("timeout", 120)
+    return run_itsup(*args, root=root, expect=expect, **kw)
+
+
+def start_itsup(
+    root: Path, *args: str | os.PathLike[str], env: dict[str, str] | None = None, **kw: Any
+) -> subprocess.Popen[str]:
+    """`itsup --root ROOT ARGS` running in the background, as cron would start it.
+
+    Its stdout and stderr are pipes (text); `env` adds to the environment; other
+    keyword arguments go to Popen.
+    """
+    full_env = {k: v for k, v in os.environ.items() if k != "ITSUP_ROOT"} | (env or {})
+    return subprocess.Popen(
+        [*ITSUP, "--root", str(root), *map(str, args)],
+        cwd=root,
+        env=full_env,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        **kw,
+    )
+
+
+# -- hosts and their storage ---------------------------------------------------------
+
+
+def write_config(root: Path, text: str) -> None:
+    (root / "projects").mkdir(parents=True, exist_ok=True)
+    (root / "projects" / "itsup.yml").write_text(text)
+
+
+def s3_config(server: S3Server, prefix: str, extra: str = "") -> str:
+    return (
+        "backup:\n"
+        "  s3:\n"
+        f"    bucket: {server.bucket}\n"
+        f"    prefix: {prefix}\n"
+        "    region: us-east-1\n"
+        f"    endpoint: {server.endpoint}\n"
+        "    access_key_id: ${S3_KEY_ID}\n"
+        "    secret_access_key: ${S3_SECRET}\n"
+        f"{extra}"
+    )
+
+
+def s3_secrets(root: Path, server: S3Server) -> None:
+    """Credentials go where operators keep them: secrets/itsup.txt."""
+    (root / "secrets").mkdir(parents=True, exist_ok=True)
+    path = root / "secrets" / "itsup.txt"
+    path.write_text(f"S3_KEY_ID={server.access_key}\nS3_SECRET={server.secret_key}\n")
+    path.chmod(0o600)
+
+
+def make_host(root: Path, *, volumes: bool = True) -> Path:
+    """A small host tree as the spec lays it out."""
+    (root / "projects" / "app").mkdir(parents=True, exist_ok=True)
+    (root / "projects" / "app" / "docker-compose.yml").write_text(
+        "services:\n  web:\n    image: nginx\n"
+    )
+    (root / "projects" / "app" / "ingress.yml").write_text("enabled: true\n")
+    (root / "projects" / "traefik.yml").write_text("log:\n  level: INFO\n")
+    for project in ("app", "blog"):
+        up = root / "upstream" / project
+        up.mkdir(parents=True, exist_ok=True)
+        (up / "docker-compose.yml").write_text(f"services:\n  {project}:\n    image: {project}\n")
+        if volumes:
+            (up / "volumes" / "data").mkdir(parents=True, exist_ok=True)
+            (up / "volumes" / "data" / "db.bin").write_bytes(os.urandom(200_000))
+    traefik = root / "proxy" / "traefik"
+    traefik.mkdir(parents=True, exist_ok=True)
+    (traefik / "traefik.yml").write_text("entryPoints:\n  web:\n    address: ':80'\n")
+    (traefik / "dynamic.conf.yaml").write_text("http: {}\n")
+    acme = traefik / "acme.json"
+    acme.write_text('{"letsencrypt": {"Certificates": []}}\n')
+    acme.chmod(0o600)
+    (root / "proxy" / "docker-compose.yml").write_text(
+        "services:\n  traefik:\n    image: traefik\n"
+    )
+    (root / "logs").mkdir(exist_ok=True)
+    return root
 
 
 @dataclass
@@ -100,6 +235,9 @@ class Store:
         return list(resp.get("Uploads", []) or [])
 
 
+HostFactory = Callable[..., Store]  # the `new_host` fixture: new_host(name, **setup_host options)
+
+
 def setup_host(
     root: Path,
     kind: str,
@@ -122,19 +260,20 @@ def setup_host(
     return Store(kind, root, None, "itsup/")
 
 
-def itsup(root: Path, *args: str | os.PathLike[str], expect: int = 0, **kw: Any) -> Result:
-    """Run `itsup --root ROOT ARGS`, check its exit code, and that no traceback leaked."""
-    kw.setdefault("timeout", 120)
-    res = run_itsup(*args, root=root, **kw)
-    assert res.code == expect, f"itsup {' '.join(map(str, args))}: exit {res.code}\n{res.err}"
-    assert "Traceback" not in res.err + res.out
-    return res
-
-
 def generations(root: Path) -> list[dict[str, Any]]:
     rows = json.loads(itsup(root, "backup", "list", "--json").out)
     assert isinstance(rows, list)
     return rows
+
+
+def payload(size: int, seed: int = 0) -> bytes:
+    """Incompressible, reproducible bytes (a SHA-256 counter stream)."""
+    out = bytearray()
+    counter = 0
+    while len(out) < size:
+        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
+        counter += 1
+    return bytes(out[:size])
 
 
 def sha256_file(path: Path | bytes) -> str:
@@ -196,9 +335,6 @@ def read_manifest(store: Store, generation: str) -> dict[str, Any]:
 
 def dead_pid() -> str:
     """The PID of a process that has just exited (for leftovers of a killed run)."""
-    import subprocess
-    import sys
-
     return subprocess.run(
         [sys.executable, "-c", "import os; print(os.getpid())"],
         capture_output=True,
@@ -302,20 +438,3 @@ def pin_times(root: Path, tops: tuple[str, ...] = TOPS) -> None:
         rel = os.fsdecode(os.path.relpath(path, os.fsencode(root)))
         ns = special.get(rel, 1_600_000_000_000_000_000 + i * 86_400_123_456_789)
         os.utime(path, ns=(ns, ns), follow_symlinks=False)
-
-
-# -- building hosts for a test (each end-to-end file declares its own `new_host`) ------
-
-
-HostFactory = Callable[..., Store]
-
-
-def host_factory(kind: str, request: pytest.FixtureRequest, tmp_path: Path) -> HostFactory:
-    """Build host roots for this test on `kind`; keyword arguments go to setup_host."""
-
-    def make(name: str = "host", **kw: Any) -> Store:
-        server = request.getfixturevalue("s3_server") if kind == "s3" else None
-        prefix = request.getfixturevalue("s3_prefix")
-        return setup_host(tmp_path / name, kind, server, prefix, **kw)
-
-    return make

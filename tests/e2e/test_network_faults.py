@@ -37,9 +37,21 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import Result, make_host, run_itsup, s3_secrets, write_config
 from faultproxy import Fault, FaultProxy, Rule, http_error, reset_after, stall, trickle
-from helpers import ACME, MiB, Store, generations, itsup, leftovers, tree_state
+from helpers import (
+    ACME,
+    MiB,
+    Result,
+    Store,
+    generations,
+    itsup,
+    leftovers,
+    make_host,
+    run_itsup,
+    s3_secrets,
+    tree_state,
+    write_config,
+)
 from reliability import record
 from s3server import S3Server
 

@@ -15,7 +15,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import make_host, run_itsup, s3_config, s3_secrets, write_config
+from helpers import make_host, run_itsup, s3_config, s3_secrets, write_config
 from s3server import S3Server
 
 from itsup.generation import scan

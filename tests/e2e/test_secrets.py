@@ -12,8 +12,8 @@ import stat
 from pathlib import Path
 
 import pytest
-from conftest import run_itsup, write_config
 from gitsops import DOTENV, git, new_age_key, sops, sops_encrypt_file
+from helpers import run_itsup, write_config
 
 SECRET = "hunter2-do-not-print"
 PLAIN = f"DB_PASSWORD={SECRET}\n# the API token\nAPI_TOKEN=tok-{SECRET}\nEMPTY=\n"
@@ -298,7 +298,7 @@ def test_project_names_cannot_escape_secrets(keyed_host: Path):
 def test_fresh_clone_backs_up_and_restores_with_only_the_encrypted_secrets(
     keyed_host: Path, tmp_path: Path
 ):
-    from conftest import make_host
+    from helpers import make_host
 
     root = make_host(keyed_host)
     secrets = root / "secrets"
@@ -320,7 +320,7 @@ def test_fresh_clone_backs_up_and_restores_with_only_the_encrypted_secrets(
 
 
 def test_s3_credentials_from_encrypted_shared_secrets(keyed_host: Path, s3_server, s3_prefix):
-    from conftest import make_host, s3_config
+    from helpers import make_host, s3_config
 
     root = make_host(keyed_host)
     write_config(root, s3_config(s3_server, s3_prefix))

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from conftest import make_host, run_itsup, s3_config, s3_secrets, write_config
+from helpers import make_host, run_itsup, s3_config, s3_secrets, write_config
 from s3server import S3Server
 from test_notify_metrics import Hook, hook  # noqa: F401  (the loopback webhook fixture)
 

@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
-from conftest import ITSUP, Result, run_itsup
 from gitsops import (
     PROJECTS_FILES,
     bare_remote,
@@ -28,6 +27,7 @@ from gitsops import (
     sops_config,
     sops_encrypt_file,
 )
+from helpers import ITSUP, Result, run_itsup
 
 
 def init_both(root: Path, remotes: Remotes) -> Result:

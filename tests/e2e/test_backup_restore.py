@@ -34,7 +34,6 @@ from helpers import (
     add_awkward_entries,
     archive_members,
     generations,
-    host_factory,
     itsup,
     leftovers,
     pin_times,
@@ -45,12 +44,6 @@ from helpers import (
 )
 
 from itsup.errors import ExitCode
-
-
-@pytest.fixture(params=["local", "s3"])
-def new_host(request: pytest.FixtureRequest, tmp_path: Path) -> HostFactory:
-    return host_factory(str(request.param), request, tmp_path)
-
 
 # -- round trips -----------------------------------------------------------------------
 

@@ -15,7 +15,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_host
 from gitsops import (
     PROJECTS_FILES,
     bare_remote,
@@ -30,8 +29,8 @@ from helpers import (
     HostFactory,
     Store,
     generations,
-    host_factory,
     itsup,
+    make_host,
     read_index,
     read_manifest,
     retar_with_new_content,
@@ -43,11 +42,6 @@ from itsup.errors import ExitCode
 
 ALL = ("upstream", "proxy", "projects", "secrets")
 APP_SECRET = "drill-app-password-4711"
-
-
-@pytest.fixture(params=["local", "s3"])
-def new_host(request: pytest.FixtureRequest, tmp_path: Path) -> HostFactory:
-    return host_factory(str(request.param), request, tmp_path)
 
 
 @pytest.fixture

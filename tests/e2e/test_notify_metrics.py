@@ -26,7 +26,7 @@ from typing import Any
 
 import pytest
 import yaml
-from conftest import REPO, Result, make_host, run_itsup, write_config
+from helpers import REPO, Result, make_host, run_itsup, write_config
 from prometheus_client.parser import text_string_to_metric_families
 
 from itsup.errors import ExitCode
@@ -146,7 +146,7 @@ def stalled_port() -> Iterator[int]:
 # -- hosts ------------------------------------------------------------------------------
 
 
-def new_host(root: Path, *, monitoring: str = "", notify: str = "") -> Path:
+def monitored_host(root: Path, *, monitoring: str = "", notify: str = "") -> Path:
     """A sample host backing up to the local target, with S3 and webhook secrets configured.
 
     The S3 section is never used (`target: local`), but its secret is expanded
@@ -231,7 +231,7 @@ def healthchecks(hook: Hook) -> str:
 
 
 def test_failed_backup_notifies_and_pings_fail(tmp_path: Path, hook: Hook) -> None:
-    root = new_host(
+    root = monitored_host(
         tmp_path / "host",
         monitoring=healthchecks(hook),
         notify=hook_notify(hook, "/hooks/itsup"),
@@ -256,7 +256,7 @@ def test_failed_backup_notifies_and_pings_fail(tmp_path: Path, hook: Hook) -> No
 
 
 def test_success_notifies_nobody_by_default_and_pings_success(tmp_path: Path, hook: Hook) -> None:
-    root = new_host(
+    root = monitored_host(
         tmp_path / "host",
         monitoring=healthchecks(hook),
         notify=hook_notify(hook, "/hooks/default"),
@@ -274,7 +274,7 @@ def test_success_notifies_nobody_by_default_and_pings_success(tmp_path: Path, ho
 
 
 def test_success_event_is_opt_in(tmp_path: Path, hook: Hook) -> None:
-    root = new_host(
+    root = monitored_host(
         tmp_path / "host",
         notify=hook_notify(hook, "/hooks/success", "success")
         + hook_notify(hook, "/hooks/failures-only"),
@@ -291,7 +291,7 @@ def test_success_event_is_opt_in(tmp_path: Path, hook: Hook) -> None:
 
 
 def test_partial_backup_notifies(tmp_path: Path, hook: Hook) -> None:
-    root = new_host(tmp_path / "host", notify=hook_notify(hook, "/hooks/itsup"))
+    root = monitored_host(tmp_path / "host", notify=hook_notify(hook, "/hooks/itsup"))
     locked = root / "upstream/app/volumes/data/locked.bin"
     locked.write_bytes(b"cannot be read\n")
     locked.chmod(0)
@@ -313,7 +313,7 @@ def test_dead_endpoints_do_not_change_the_outcome(
 ) -> None:
     dead = f"json://alerts:${{HOOK_PASSWORD}}@127.0.0.1:{closed_port}/hooks/dead"
     stalled = f"json://127.0.0.1:{stalled_port}/hooks/stalled"
-    root = new_host(
+    root = monitored_host(
         tmp_path / "host",
         monitoring=f"    healthchecks: http://127.0.0.1:{closed_port}/ping/abc\n",
         notify=f"  - url: {dead}\n    events: [success]\n  - url: {stalled}\n    events: [success]\n",
@@ -382,7 +382,7 @@ def value(metrics: dict[str, Any], name: str, **labels: str) -> float:
 
 def test_metrics_file_after_success_and_failure(tmp_path: Path) -> None:
     prom = tmp_path / "textfile" / "collector" / "itsup.prom"  # its folder does not exist yet
-    root = new_host(tmp_path / "host", monitoring=f"    metrics_file: {prom}\n")
+    root = monitored_host(tmp_path / "host", monitoring=f"    metrics_file: {prom}\n")
     backup(root, expect=ExitCode.SUCCESS)
     now = time.time()
 

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from conftest import ITSUP, Result, make_host, run_itsup, s3_config, s3_secrets, write_config
+from helpers import ITSUP, Result, make_host, run_itsup, s3_config, s3_secrets, write_config
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from s3server import S3Server

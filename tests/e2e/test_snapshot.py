@@ -15,7 +15,6 @@ from datetime import datetime, timedelta
 from pathlib import Path
 
 import pytest
-from conftest import run_itsup
 from gitsops import (
     PROJECTS_FILES,
     bare_remote,
@@ -25,6 +24,7 @@ from gitsops import (
     sops_config,
     sops_encrypt_file,
 )
+from helpers import run_itsup
 
 BACKUP_SUBJECT = re.compile(r"^Backup: \d{4}-\d\d-\d\dT\d\d:\d\d:\d\d[+-]\d\d:\d\d$")
 TAG_NAME = re.compile(r"^backup-\d{8}-\d{6}$")

@@ -23,8 +23,8 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ITSUP, make_host, run_itsup, s3_config, s3_secrets, write_config
 from gitsops import PROJECTS_FILES, bare_remote, new_age_key, seed_remote, sops_config
+from helpers import ITSUP, make_host, run_itsup, s3_config, s3_secrets, write_config
 from s3server import S3Server, free_port
 
 from itsup.config import misspelt_section

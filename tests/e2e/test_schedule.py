@@ -14,7 +14,7 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from conftest import Result, make_host, run_itsup, write_config
+from helpers import Result, make_host, run_itsup, write_config
 
 MARK = "# Managed by itsup backup schedule (root: {root})"
 UNITS = ("backup", "drill", "check")

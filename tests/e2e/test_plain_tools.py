@@ -15,23 +15,16 @@ from pathlib import Path
 from typing import Any
 
 import pyrage
-import pytest
 from helpers import (
     ACME,
     HostFactory,
     generations,
-    host_factory,
     itsup,
     setup_host,
     tree_state,
 )
 
 from itsup.errors import ExitCode
-
-
-@pytest.fixture(params=["local", "s3"])
-def new_host(request: pytest.FixtureRequest, tmp_path: Path) -> HostFactory:
-    return host_factory(str(request.param), request, tmp_path)
 
 
 def run(cmd: list[str] | str, cwd: Path, **kw: Any) -> subprocess.CompletedProcess[bytes]:

@@ -45,7 +45,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import s3_config, write_config
 from helpers import (
     STAGING_MARK,
     MiB,
@@ -55,8 +54,11 @@ from helpers import (
     itsup,
     leftovers,
     read_index,
+    s3_config,
     setup_host,
+    start_itsup,
     tree_state,
+    write_config,
 )
 from reliability import record
 
@@ -65,7 +67,6 @@ from itsup.lock import host_lock
 
 pytestmark = pytest.mark.faults
 
-ITSUP = [sys.executable, "-m", "itsup"]
 INTERRUPTED = int(ExitCode.INTERRUPTED)
 SEED = 20260515
 KILL_POINTS = 12  # SIGKILL points per target for a backup, spread over 2%..98% of a run
@@ -79,18 +80,8 @@ SIGNALS = {"SIGINT": signal.SIGINT, "SIGTERM": signal.SIGTERM, "SIGKILL": signal
 
 
 def start(root: Path, *args: str | Path) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != "ITSUP_ROOT"}
-    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT dumps every thread's stack (see `finish`)
-    return subprocess.Popen(
-        [*ITSUP, "--root", str(root), *map(str, args)],
-        cwd=root,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        preexec_fn=default_sigint,
-    )
+    # PYTHONFAULTHANDLER: SIGABRT dumps every thread's stack (see `finish`)
+    return start_itsup(root, *args, env={"PYTHONFAULTHANDLER": "1"}, preexec_fn=default_sigint)
 
 
 def default_sigint() -> None:

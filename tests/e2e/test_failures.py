@@ -18,28 +18,30 @@ import resource
 import signal
 import socket
 import subprocess
-import sys
 import tarfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import make_host, run_itsup, write_config
 from helpers import (
     ACME,
+    ITSUP,
     HostFactory,
     MiB,
     Store,
     generations,
-    host_factory,
     itsup,
     leftovers,
+    make_host,
     read_index,
     read_manifest,
+    run_itsup,
     setup_host,
+    start_itsup,
     tree_state,
+    write_config,
 )
 
 from itsup.errors import ExitCode, LockedError
@@ -47,13 +49,7 @@ from itsup.lock import host_lock
 from itsup.manifest import Entry
 from itsup.pipeline.archive import Selection, write_archive
 
-ITSUP = [sys.executable, "-m", "itsup"]
 INTERRUPTED = int(ExitCode.INTERRUPTED)
-
-
-@pytest.fixture(params=["local", "s3"])
-def new_host(request: pytest.FixtureRequest, tmp_path: Path) -> HostFactory:
-    return host_factory(str(request.param), request, tmp_path)
 
 
 @pytest.fixture(scope="module")
@@ -71,20 +67,6 @@ def bulk(tmp_path_factory: pytest.TempPathFactory) -> list[Path]:
 def add_bulk(root: Path, bulk: list[Path]) -> None:
     for path in bulk:
         os.link(path, root / "upstream/app/volumes/data" / path.name)
-
-
-def start_itsup(root: Path, *args: str) -> subprocess.Popen[str]:
-    """`itsup --root ROOT ARGS` running in the background, as cron would start it."""
-    env = {k: v for k, v in os.environ.items() if k != "ITSUP_ROOT"}
-    return subprocess.Popen(
-        [*ITSUP, "--root", str(root), *args],
-        cwd=root,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
 
 
 def start_backup(root: Path) -> subprocess.Popen[str]:
@@ -323,18 +305,6 @@ def test_lock_held_second_backup_exits_11(tmp_path: Path) -> None:
         os.close(fd)
     itsup(root, "backup")
     assert len(generations(root)) == 1
-
-
-@pytest.fixture
-def blackhole() -> Iterator[int]:
-    """A loopback port that accepts connections and never answers."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    try:
-        yield int(sock.getsockname()[1])
-    finally:
-        sock.close()
 
 
 def s3_host(root: Path, endpoint: str) -> None:

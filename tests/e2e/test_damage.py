@@ -26,7 +26,6 @@ from helpers import (
     Store,
     flip_middle,
     generations,
-    host_factory,
     itsup,
     leftovers,
     read_manifest,
@@ -41,7 +40,7 @@ pytestmark = pytest.mark.faults
 
 DAMAGED = int(ExitCode.DAMAGED)
 DAMAGES = ["truncated", "flipped", "no-manifest", "lying-manifest", "objects-deleted"]
-TESTS = Path(__file__).resolve().parent
+TESTS = Path(__file__).resolve().parent.parent  # where helpers.py is
 
 # `itsup restore` run with a spy: before each attempt (plan_restore) and after each
 # failed one (run_restore), the digest of the destination's tree is appended to a
@@ -80,11 +79,6 @@ sys.exit(main(sys.argv[4:]))
 
 def digest(state: dict[str, tuple[Any, ...]]) -> str:
     return hashlib.sha256(repr(sorted(state.items())).encode()).hexdigest()
-
-
-@pytest.fixture(params=["local", "s3"])
-def new_host(request: pytest.FixtureRequest, tmp_path: Path) -> HostFactory:
-    return host_factory(str(request.param), request, tmp_path)
 
 
 def write_version(root: Path, version: int) -> None:

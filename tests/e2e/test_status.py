@@ -8,7 +8,7 @@ import shutil
 import time
 from pathlib import Path
 
-from conftest import make_host, run_itsup, s3_config, s3_secrets, write_config
+from helpers import make_host, run_itsup, s3_config, s3_secrets, write_config
 
 
 def local_host(tmp_path: Path, extra: str = "") -> Path:

@@ -18,22 +18,13 @@ from typing import Any
 
 import pytest
 from faultproxy import FaultProxy, reset_after
+from helpers import payload
 from s3server import S3Server
 
 from itsup.storage import s3
 from itsup.storage.s3 import S3Target
 
 MiB = 1 << 20
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    """Incompressible, reproducible bytes (a SHA-256 counter stream)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
-        counter += 1
-    return bytes(out[:size])
 
 
 @pytest.fixture

@@ -14,7 +14,7 @@ until the test has changed the tree and says "go". Each case then checks what
 the operator gets: exit 0 or 3 with every damaged path listed (on stderr and
 in the manifest), and a generation that restores to exactly what its file
 index says, never a hang (every step has a timeout).
-(tests/test_failures.py holds the in-process archive-layer versions of the
+(tests/e2e/test_failures.py holds the in-process archive-layer versions of the
 change/vanish cases and the unreadable-path and special-file basics.)
 """
 

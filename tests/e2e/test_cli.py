@@ -7,9 +7,8 @@ import subprocess
 import sys
 from pathlib import Path
 
-from helpers import archive_members, dead_pid, generations, itsup, setup_host
+from helpers import REPO, archive_members, dead_pid, generations, itsup, setup_host
 
-REPO = Path(__file__).resolve().parent.parent
 BIN_BACKUP = REPO / "bin" / "backup.py"
 
 

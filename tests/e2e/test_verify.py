@@ -15,36 +15,26 @@ import json
 import math
 import socket
 import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
-import pytest
-from conftest import write_config
 from helpers import (
     ACME,
+    ITSUP,
     HostFactory,
     Store,
     flip_middle,
     generations,
-    host_factory,
     itsup,
     read_index,
     read_manifest,
     retar_with_new_content,
     setup_host,
     tree_state,
+    write_config,
 )
 
 from itsup.errors import ExitCode
-
-ITSUP = [sys.executable, "-m", "itsup"]
-
-
-@pytest.fixture(params=["local", "s3"])
-def new_host(request: pytest.FixtureRequest, tmp_path: Path) -> HostFactory:
-    return host_factory(str(request.param), request, tmp_path)
-
 
 # -- helpers -------------------------------------------------------------------------------
 

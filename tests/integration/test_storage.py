@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import payload
 from s3server import S3Server, free_port
 
 from itsup.config import TARGET_SCHEMES
@@ -101,16 +102,6 @@ def case(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Case]:
     if isinstance(bare, S3Target):
         bare.pool.shutdown(wait=True)
         bare.read_pool.shutdown(wait=True)
-
-
-def payload(size: int, seed: int = 0) -> bytes:
-    """Incompressible, reproducible bytes (a SHA-256 counter stream)."""
-    out = bytearray()
-    counter = 0
-    while len(out) < size:
-        out += hashlib.sha256(f"{seed}:{counter}".encode()).digest() * 64
-        counter += 1
-    return bytes(out[:size])
 
 
 def keys(infos: Iterator[ObjectInfo]) -> set[str]:

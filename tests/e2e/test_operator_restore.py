@@ -17,30 +17,31 @@ import fcntl
 import json
 import os
 import signal
-import socket
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from conftest import make_host, run_itsup, write_config
 from helpers import (
     ACME,
     HostFactory,
     generations,
-    host_factory,
     itsup,
     leftovers,
+    make_host,
     read_manifest,
+    run_itsup,
     setup_host,
+    start_itsup,
     tree_state,
+    write_config,
 )
 from test_hostile import (
     LINK_TARGET_ONLY,
     World,
     assert_refused,
+    make_world,
     publish_members,
     snapshot,
 )
@@ -50,15 +51,9 @@ from test_hostile import (
 
 from itsup.errors import ExitCode
 
-ITSUP = [sys.executable, "-m", "itsup"]
 LOCALTIME = "upstream/app/volumes/data/localtime"
 ZONE = "/usr/share/zoneinfo/UTC"
 NOTE = "itsup: note: restored 1 symlink pointing outside the tree as a link (never followed): "
-
-
-@pytest.fixture(params=["local", "s3"])
-def new_host(request: pytest.FixtureRequest, tmp_path: Path) -> HostFactory:
-    return host_factory(str(request.param), request, tmp_path)
 
 
 def stat_of(path: str) -> tuple[int, int, int] | None:
@@ -169,16 +164,7 @@ def test_links_out_of_the_tree_are_never_written_through(tmp_path: Path) -> None
 @pytest.fixture
 def world(tmp_path: Path) -> World:
     """As test_hostile's: a host whose local target gets hand-made archives."""
-    root = make_host(tmp_path / "host", volumes=False)
-    target = tmp_path / "target"
-    write_config(root, f"backup:\n  local:\n    path: {target}\n")
-    dest = tmp_path / "dest" / "deeper"
-    (dest / "proxy" / "traefik").mkdir(parents=True)
-    (dest / "proxy" / "traefik" / "acme.json").write_text("the operator's certificates\n")
-    outside = tmp_path / "outside"
-    outside.mkdir()
-    (outside / "canary").write_text("outside\n")
-    return World(tmp_path, root, target, dest, outside)
+    return make_world(tmp_path)
 
 
 HOSTILE = sorted(set(hostile_cases(Path("/x"))) - LINK_TARGET_ONLY)
@@ -359,18 +345,6 @@ def test_restore_into_the_live_root_waits_for_no_backup(
     assert tree_state(root) == before
 
 
-@pytest.fixture
-def blackhole() -> Iterator[int]:
-    """A loopback port that accepts connections and never answers."""
-    sock = socket.socket()
-    sock.bind(("127.0.0.1", 0))
-    sock.listen(64)
-    try:
-        yield int(sock.getsockname()[1])
-    finally:
-        sock.close()
-
-
 def two_target_host(root: Path, port: int) -> None:
     """A host backing up locally, with a second (S3) target that never answers."""
     make_host(root)
@@ -382,19 +356,6 @@ def two_target_host(root: Path, port: int) -> None:
         "  s3:\n    bucket: itsup-test\n    prefix: itsup/\n"
         f"    endpoint: http://127.0.0.1:{port}\n"
         "    access_key_id: ${KEY_ID}\n    secret_access_key: ${SECRET}\n",
-    )
-
-
-def start(root: Path, *args: str) -> subprocess.Popen[str]:
-    env = {k: v for k, v in os.environ.items() if k != "ITSUP_ROOT"}
-    return subprocess.Popen(
-        [*ITSUP, "--root", str(root), *args],
-        cwd=root,
-        env=env,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
     )
 
 
@@ -429,7 +390,7 @@ def test_a_running_backup_and_a_restore_of_the_live_root_exclude_each_other(
     before = tree_state(root)
 
     # A real backup, stuck on storage that never answers, holds the lock.
-    backup = start(root, "backup", "--target", "s3")
+    backup = start_itsup(root, "backup", "--target", "s3")
     try:
         wait_for_lock(root, backup, f"backup pid {backup.pid} ")
         res = itsup(root, "restore", "all", "--yes", expect=ExitCode.LOCKED)
@@ -441,7 +402,7 @@ def test_a_running_backup_and_a_restore_of_the_live_root_exclude_each_other(
         stop(backup)
 
     # A real restore into the live root, stuck the same way, holds it against a backup.
-    restore = start(root, "restore", "all", "--yes", "--target", "s3")
+    restore = start_itsup(root, "restore", "all", "--yes", "--target", "s3")
     try:
         wait_for_lock(root, restore, f"restore pid {restore.pid} ")
         res = itsup(root, "backup", expect=ExitCode.LOCKED)
