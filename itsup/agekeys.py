@@ -4,7 +4,7 @@ pyrage is a Rust extension: a SIGINT or SIGTERM handled while it initialises
 makes it panic (a traceback and exit 1 instead of a clean exit 130). Every
 use of it in itsup goes through `pyrage_module()`, which holds those signals
 back for the import; they are handled right after it. No module imports
-pyrage itself (tests/unit/test_pyrage_guard.py checks that).
+pyrage itself (tests/integration/test_pyrage_guard.py checks that).
 """
 
 from __future__ import annotations

@@ -65,6 +65,8 @@ class Entry:
         try:
             return cls(**data)
         except TypeError:  # keys a later itsup added: ignored, as in the manifest
+            if not isinstance(data, dict):
+                raise
             return cls(**{k: v for k, v in data.items() if k in cls.__dataclass_fields__})
 
 
