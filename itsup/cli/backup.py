@@ -89,7 +89,6 @@ def _report_backup(ctx: click.Context, result: BackupResult, show: bool) -> None
             f"{result.generation}: {s.files} files, {human_bytes(s.bytes)} -> "
             f"{human_bytes(result.archive_size)} in {result.seconds:.1f} s "
             f"({result.target}/{result.archive_key})",
-            markup=False,
         )
     if result.partial:  # each path is also a WARNING record in logs/backup.log
         notice(
@@ -113,10 +112,10 @@ def list_cmd(ctx: click.Context, target_choice: str | None, as_json: bool) -> No
     host = open_host(ctx)
     where, rows = list_generations(host, target_choice)
     if as_json:
-        out.print(json.dumps([r.as_dict() for r in rows], indent=2), markup=False)
+        out.print(json.dumps([r.as_dict() for r in rows], indent=2))
         return
     if not rows:
-        out.print(f"no backups on {where}", markup=False)
+        out.print(f"no backups on {where}")
         return
     table = Table(title=f"Backups on {where}", title_justify="left")
     for col in ("generation", "status", "size", "source", "files", "encrypted"):
@@ -162,7 +161,7 @@ def status_cmd(ctx: click.Context, target_choice: str | None, as_json: bool) -> 
     host = open_host(ctx)
     st = status(host, target_choice)
     if as_json:
-        out.print(json.dumps(st.as_dict(), indent=2), markup=False)
+        out.print(json.dumps(st.as_dict(), indent=2))
         return ExitCode.SUCCESS
     table = Table(title="Newest complete backup", title_justify="left")
     columns = ("target", "where", "generation", "age", "size", "source", "files", "took", "stored")
@@ -248,6 +247,5 @@ def check_cmd(ctx: click.Context, target_choice: str | None, max_age: str | None
             out.print(
                 f"ok: {st.newest} is {format_duration(st.age_seconds or 0)} old "
                 f"(limit {format_duration(seconds)})",
-                markup=False,
             )
     return ExitCode.SUCCESS

@@ -70,18 +70,18 @@ def init(
     if not (projects_url or secrets_url or repo_url) and sys.stdin.isatty():
         projects_url, secrets_url, repo_url = _ask(missing_checkouts(root))
     result = run_init(root, projects_url=projects_url, secrets_url=secrets_url, repo_url=repo_url)
-    out.print(f"host root: {result.root}", markup=False)
+    out.print(f"host root: {result.root}")
     for item in result.items:
         if item.status in ("ok", "info"):
-            out.print(f"  {item.name}: {item.message}", markup=False)
+            out.print(f"  {item.name}: {item.message}")
         else:
-            err.print(f"itsup: {item.status}: {item.name}: {item.message}", markup=False)
+            err.print(f"itsup: {item.status}: {item.name}: {item.message}")
             if item.hint:
-                err.print(f"itsup: hint: {item.hint}", markup=False)
+                err.print(f"itsup: hint: {item.hint}")
     if result.next_steps:
-        out.print("next steps:", markup=False)
+        out.print("next steps:")
         for step in result.next_steps:
-            out.print(f"  - {step}", markup=False)
+            out.print(f"  - {step}")
     if result.config_problems:
         raise ConfigError(
             result.config_problems,

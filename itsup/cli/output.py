@@ -17,8 +17,11 @@ from rich.progress import (
 )
 
 # Off a terminal (cron mail, pipes) rich would assume 80 columns and cut names.
-out = Console(highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True, highlight=False, soft_wrap=True)
+# Plain text everywhere: a file path holding "[...]" must never render as markup.
+out = Console(
+    markup=False, highlight=False, soft_wrap=True, width=None if sys.stdout.isatty() else 160
+)
+err = Console(stderr=True, markup=False, highlight=False, soft_wrap=True)
 
 
 def notice(text: str) -> None:
@@ -30,7 +33,7 @@ def notice(text: str) -> None:
     from itsup.log import stderr_is_log
 
     if not stderr_is_log():
-        err.print(text, markup=False)
+        err.print(text)
 
 
 def human_bytes(n: int | None) -> str:

@@ -113,7 +113,6 @@ def restore(
         out.print(
             f"restored {plan.scope.label} from {result.generation} into {result.dest}: "
             f"{result.files} files, {human_bytes(result.bytes)} in {result.seconds:.1f} s",
-            markup=False,
         )
 
 
@@ -181,7 +180,7 @@ def _show_dry_run(plan: RestorePlan) -> None:
     ]
     if lines:  # one write: rich per line costs seconds on a large tree
         click.echo("\n".join(lines))
-    out.print(f"dry run: {_summary(plan)}", markup=False)
+    out.print(f"dry run: {_summary(plan)}")
 
 
 def _summary(plan: RestorePlan) -> str:
@@ -223,4 +222,4 @@ def _note_external(links: list[tuple[str, str]], done: str) -> None:
     if done == "restored":  # also a log record (run_restore): once under cron's redirect
         notice(line)
     else:
-        err.print(line, markup=False)
+        err.print(line)

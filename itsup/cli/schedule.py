@@ -15,15 +15,15 @@ if TYPE_CHECKING:
 
 
 def _say(text: str) -> None:
-    out.print(text, markup=False)
+    out.print(text)
 
 
 def _note(text: str) -> None:
-    err.print(f"itsup: note: {text}", markup=False)
+    err.print(f"itsup: note: {text}")
 
 
 def _warn(text: str) -> None:
-    err.print(f"itsup: warning: {text}", markup=False)
+    err.print(f"itsup: warning: {text}")
 
 
 def _missing_commands(ctx: click.Context, drill: str, check: bool) -> list[str]:

@@ -25,17 +25,14 @@ def _batch(result: object, verb: str) -> int:
     assert isinstance(result, BatchResult)
     for f in result.files:
         line = f"{f.outcome:<10} {f.path}" + (f"  ({f.detail})" if f.detail else "")
-        (err if f.outcome in {"failed", "conflict"} else out).print(
-            line, markup=False, highlight=False
-        )
+        (err if f.outcome in {"failed", "conflict"} else out).print(line, highlight=False)
     if result.errors:
         err.print(
             f"itsup: error: {len(result.errors)} of {len(result.files)} files not {verb}",
-            markup=False,
         )
         hints = {e.hint for e in result.errors if e.hint}
         for hint in sorted(hints):
-            err.print(f"itsup: hint: {hint}", markup=False)
+            err.print(f"itsup: hint: {hint}")
         return int(max(e.exit_code for e in result.errors))
     return ExitCode.SUCCESS
 
@@ -62,39 +59,36 @@ def keygen(ctx: click.Context, key_file: Path | None, show: bool) -> int:
     if show:
         keys = public_keys_in(path)
         if not keys:
-            err.print(f"itsup: error: {path}: no age key there", markup=False)
-            err.print("itsup: hint: create one with `itsup keygen`", markup=False)
+            err.print(f"itsup: error: {path}: no age key there")
+            err.print("itsup: hint: create one with `itsup keygen`")
             return ExitCode.FAILURE
         for key in keys:
-            out.print(key, markup=False, highlight=False)
+            out.print(key, highlight=False)
         return ExitCode.SUCCESS
     try:
         layout: Layout | None = _layout(ctx)
     except ConfigError:
         layout = None  # no host here: make the key, register it later
     result = make_key(layout, key_file)
-    out.print(f"created    {result.key_file} (mode 0600)", markup=False, highlight=False)
-    out.print(f"public key {result.public_key}", markup=False, highlight=False)
+    out.print(f"created    {result.key_file} (mode 0600)", highlight=False)
+    out.print(f"public key {result.public_key}", highlight=False)
     if result.sops_config is not None:
         state = "already listed in" if result.already_registered else "added to"
-        out.print(f"recipient  {state} {result.sops_config}", markup=False, highlight=False)
+        out.print(f"recipient  {state} {result.sops_config}", highlight=False)
     else:
         err.print(
             "itsup: note: no host root here; add the key to a host later with "
             f"`itsup secrets add-recipient {result.public_key}`",
-            markup=False,
         )
     if result.cannot_read:
         err.print(
             f"itsup: note: {len(result.cannot_read)} existing secrets files were encrypted before "
             "this key and stay unreadable with it until someone who can decrypt them runs "
             "`itsup secrets rekey`",
-            markup=False,
         )
     err.print(
         "itsup: note: back this key up offline (password manager, paper): "
         "without it the encrypted secrets cannot be recovered",
-        markup=False,
     )
     return ExitCode.SUCCESS
 
@@ -148,7 +142,7 @@ def history(ctx: click.Context, project: str, no_check: bool, as_json: bool) -> 
         out.print_json(json.dumps([asdict(r) for r in revisions]))
         return ExitCode.SUCCESS
     if not revisions:
-        err.print(f"itsup: no commits changed secrets/{project}.enc.txt", markup=False)
+        err.print(f"itsup: no commits changed secrets/{project}.enc.txt")
         return ExitCode.SUCCESS
     table = Table(box=None, pad_edge=False)
     for column in ("commit", "date", "author", "subject", *([] if no_check else ["decrypts"])):
@@ -180,7 +174,6 @@ def recover(ctx: click.Context, project: str, rev: str | None, force: bool, dry_
     for skipped in result.skipped:
         err.print(
             f"skipped    {skipped.commit[:10]} {skipped.date}  ({skipped.status})",
-            markup=False,
         )
     if result.revision is None:
         source = "the working copy (it decrypts)"
@@ -188,16 +181,14 @@ def recover(ctx: click.Context, project: str, rev: str | None, force: bool, dry_
         r = result.revision
         source = f"{r.commit[:10]} of {r.date} ({r.subject})"
     verb = "would use" if dry_run else "recovered"
-    out.print(f"{verb:<10} {result.path} from {source}", markup=False, highlight=False)
+    out.print(f"{verb:<10} {result.path} from {source}", highlight=False)
     if result.set_aside:
-        out.print(
-            f"kept       the damaged copy as {result.set_aside}", markup=False, highlight=False
-        )
+        out.print(f"kept       the damaged copy as {result.set_aside}", highlight=False)
     if result.plaintext is not None:
         p = result.plaintext
-        out.print(f"{p.outcome:<10} {p.path}", markup=False, highlight=False)
+        out.print(f"{p.outcome:<10} {p.path}", highlight=False)
     if result.revision is not None and not dry_run:
-        err.print("itsup: note: commit the recovered file with `itsup snapshot`", markup=False)
+        err.print("itsup: note: commit the recovered file with `itsup snapshot`")
     return ExitCode.SUCCESS
 
 
@@ -208,11 +199,11 @@ def _recipients_report(result: object) -> None:
     assert isinstance(result, RecipientsResult)
     mine = set(sops.local_public_keys())
     for key in result.recipients:
-        out.print(f"recipient  {key}{'  (this machine)' if key in mine else ''}", markup=False)
+        out.print(f"recipient  {key}{'  (this machine)' if key in mine else ''}")
     for path in result.rekeyed:
-        out.print(f"rekeyed    {path}", markup=False, highlight=False)
+        out.print(f"rekeyed    {path}", highlight=False)
     for path in result.stale:
-        err.print(f"stale      {path} (not encrypted for every recipient)", markup=False)
+        err.print(f"stale      {path} (not encrypted for every recipient)")
 
 
 @secrets.command()
@@ -257,7 +248,6 @@ def remove_recipient(ctx: click.Context, keys: tuple[str, ...]) -> int:
     err.print(
         "itsup: note: git history still holds copies the removed key can read; "
         "rotate the secret values if that key may be in the wrong hands",
-        markup=False,
     )
     return ExitCode.SUCCESS
 

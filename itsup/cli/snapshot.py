@@ -24,11 +24,11 @@ def _layout(ctx: click.Context) -> Layout:
 
 
 def _say(text: str) -> None:
-    out.print(text, markup=False)
+    out.print(text)
 
 
 def _warn(text: str) -> None:
-    err.print(f"itsup: warning: {text}", markup=False)
+    err.print(f"itsup: warning: {text}")
 
 
 @click.group(invoke_without_command=True)
@@ -187,7 +187,7 @@ def verify(
         workdir=Path(workdir) if workdir else None,
     )
     if as_json:
-        out.print(json.dumps(report.as_dict(), indent=2), markup=False)
+        out.print(json.dumps(report.as_dict(), indent=2))
     else:
         title = (
             report.projects_url

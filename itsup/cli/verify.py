@@ -105,7 +105,7 @@ def verify(
 
 def _show_verify(result: VerifyResult, as_json: bool) -> None:
     if as_json:
-        out.print(json.dumps(result.as_dict(), indent=2), markup=False)
+        out.print(json.dumps(result.as_dict(), indent=2))
         return
     table = Table(title=f"Backup verify: {result.target}", title_justify="left")
     table.add_column("generation")
@@ -129,7 +129,7 @@ def _show_verify(result: VerifyResult, as_json: bool) -> None:
     summary = f"{len(result.generations)} generation(s) checked: {len(result.failed)} failed"
     if result.incomplete:
         summary += f", {len(result.incomplete)} incomplete"
-    out.print(summary, markup=False)
+    out.print(summary)
 
 
 @click.command("drill")
@@ -196,7 +196,7 @@ def drill(
         if sys.stdout.isatty() or ctx.obj["verbose"]:
             _show_drill(result)
         else:
-            out.print(drill_summary(result, host.layout.root), markup=False)
+            out.print(drill_summary(result, host.layout.root))
         if result.report_problem:
             notice(f"itsup: warning: {result.report_problem}")
         if result.error is not None:
@@ -230,12 +230,11 @@ def _show_drill(result: DrillResult) -> None:
         f"{result.files_checked} files ({human_bytes(result.bytes_checked)}) checked; "
         f"RTO {_seconds(result.rto_seconds, result.rto_target)}, "
         f"RPO {_seconds(result.rpo_seconds, result.rpo_target, ' old')}",
-        markup=False,
     )
     if result.workdir:
-        out.print(f"restored tree kept in {result.workdir}", markup=False)
+        out.print(f"restored tree kept in {result.workdir}")
     if result.report:
-        out.print(f"report: {result.report}", markup=False)
+        out.print(f"report: {result.report}")
 
 
 def drill_summary(result: DrillResult, root: Path) -> str:
