@@ -104,11 +104,11 @@ def _prefix(value: str) -> str:
 Prefix = Annotated[str, AfterValidator(_prefix)]
 
 
-class _Strict(BaseModel):
+class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
-class S3Options(_Strict):
+class S3Options(Strict):
     """How an S3 target is reached: everything but where (bucket and prefix)."""
 
     region: str = "us-east-1"
@@ -143,7 +143,7 @@ class S3Config(S3Options):
     prefix: Prefix = "itsup/"
 
 
-class LocalConfig(_Strict):
+class LocalConfig(Strict):
     """The `backup.local:` section: the target named `local`."""
 
     path: str = Field(min_length=1, max_length=MAX_PATH)
@@ -217,7 +217,7 @@ class S3TargetConfig(S3Options):
     url: Annotated[str, Field(max_length=MAX_PATH), AfterValidator(_checked(split_s3_url))]
 
 
-class LocalTargetConfig(_Strict):
+class LocalTargetConfig(Strict):
     url: Annotated[
         str, Field(min_length=1, max_length=MAX_PATH), AfterValidator(_checked(split_folder_url))
     ]
@@ -280,14 +280,14 @@ def suggest(name: str, known: list[str]) -> str:
     return f"; did you mean '{next(k for k in known if k.casefold() == close[0])}'?"
 
 
-class CompressionConfig(_Strict):
+class CompressionConfig(Strict):
     codec: Literal["gzip", "none"] = "gzip"
     # ISA-L's levels: 0 fastest .. 3 smallest; the output is standard gzip.
     level: Count = Field(default=1, ge=0, le=3)
     threads: Count = Field(default=2, ge=1, le=64)
 
 
-class EncryptionConfig(_Strict):
+class EncryptionConfig(Strict):
     recipients: list[Annotated[str, AfterValidator(_recipient)]] = Field(min_length=1)
     identity_file: str | None = None
 
@@ -327,7 +327,7 @@ def _http_url(value: str | None) -> str | None:
     return value
 
 
-class MonitoringConfig(_Strict):
+class MonitoringConfig(Strict):
     # `itsup backup check` and stale-backup alerts: the newest complete
     # generation may be at most this old (the spec: alert after 48 hours).
     max_age: Seconds = 48 * 3600
@@ -344,7 +344,7 @@ def _notify_item(value: Any) -> Any:
     return {"url": value} if isinstance(value, str) else value
 
 
-class NotifyTarget(_Strict):
+class NotifyTarget(Strict):
     url: str = Field(min_length=3)
     events: list[Event] = Field(default_factory=lambda: list(DEFAULT_EVENTS), min_length=1)
 
@@ -358,7 +358,7 @@ class NotifyTarget(_Strict):
         return value
 
 
-class GuardConfig(_Strict):
+class GuardConfig(Strict):
     # A backup holding fewer than this share of the files or of the bytes of the
     # newest complete generation on the target is refused (an unmounted disk, a
     # wrong root, a new host before its restore): it would replace `latest`.
@@ -388,7 +388,7 @@ def _target_names(
     return names
 
 
-class BackupConfig(_Strict):
+class BackupConfig(Strict):
     s3: S3Config | None = None
     local: LocalConfig | None = None
     # Named targets, each a URL with the settings of its kind (after s3/local:
@@ -413,6 +413,14 @@ class BackupConfig(_Strict):
     # is deleted by the next backup once it is this old (younger ones may still
     # be written by another host sharing the prefix by mistake).
     orphan_grace: Seconds = 3600
+    # Databases: `configured` dumps what projects/{project}/backup.yml asks for;
+    # `auto` also dumps the engines found in the compose files of projects that
+    # have no backup.yml (`itsup backup plan` shows both).
+    databases: Literal["configured", "auto"] = "configured"
+    # Dumps run at once (of different engines), and the longest a dump may
+    # produce no bytes before it is killed and reported.
+    dump_jobs: Count = Field(default=2, ge=1, le=16)
+    dump_idle_timeout: Seconds = 300
     # The keys of the section in file order: the first target given is the default.
     _order: tuple[str, ...] = PrivateAttr(default=())
 
@@ -512,7 +520,7 @@ class ItsupConfig(BaseModel):
 # -- step 1: read files ---------------------------------------------------------
 
 
-def _read_text(path: Path, what: str) -> str:
+def read_text(path: Path, what: str) -> str:
     try:
         return path.read_text(encoding="utf-8")
     except UnicodeDecodeError as exc:
@@ -525,7 +533,7 @@ def _read_text(path: Path, what: str) -> str:
 
 def read_dotenv(path: Path) -> dict[str, str]:
     """Parse a dotenv file (KEY=VALUE, `export` prefix, quotes, # comments)."""
-    return parse_dotenv(_read_text(path, "the secrets file"), str(path))
+    return parse_dotenv(read_text(path, "the secrets file"), str(path))
 
 
 def parse_dotenv(text: str, source: str) -> dict[str, str]:
@@ -664,14 +672,14 @@ def _misspelt_sections(
     return found
 
 
-def _describe(error: Any, loc: Path_) -> str:
+def _describe(error: Any, loc: Path_, model: type[BaseModel]) -> str:
     kind = error["type"]
     if kind == "extra_forbidden":
         raw = tuple(error["loc"])
         in_folder_target = raw[:2] == ("backup", "targets") and raw[3:4] == ("file",)
         if in_folder_target and loc[-1] in S3Options.model_fields:
             return "unknown key: only an s3:// target takes it"
-        known = _known_keys(ItsupConfig, raw[:-1])
+        known = _known_keys(model, raw[:-1])
         close = difflib.get_close_matches(str(loc[-1]).lower(), known, n=1)
         if close:
             return f"unknown key (did you mean '{close[0]}'?)"
@@ -747,14 +755,18 @@ def _locate(loc: tuple[Any, ...], data: Any, missing: bool) -> Path_:
     return tuple(out)
 
 
-def _report(
+def report_problems(
     exc: ValidationError,
     data: Any,
     source: str,
     lines: dict[Path_, int],
     skip: set[Path_] | None = None,
     hidden: set[str] | None = None,
+    model: type[BaseModel] | None = None,
 ) -> list[tuple[int, str]]:
+    """One `(line, "FILE:LINE: key.path: message")` per problem pydantic found in
+    `data` (validated against `model`, itsup.yml's schema unless given); values in
+    `hidden` print as `***`."""
     problems: dict[Path_, str] = {}
     for error in exc.errors():
         # An error may point below its field (`below`): a target name given twice.
@@ -763,7 +775,7 @@ def _report(
         if any(loc[: len(s)] == s for s in skip or ()):
             continue  # already reported (an undefined placeholder)
         if loc not in problems:
-            problems[loc] = _describe(error, loc)
+            problems[loc] = _describe(error, loc, model or ItsupConfig)
     out = []
     for loc, text in problems.items():
         line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
@@ -831,9 +843,7 @@ def load_config(
 def _load(
     layout: Layout, source: str, environ: dict[str, str] | None, secrets: dict[str, str] | None
 ) -> ItsupConfig:
-    data, lines = parse_yaml(
-        _read_text(layout.config_file, "the config file"), source, OWN_SECTIONS
-    )
+    data, lines = parse_yaml(read_text(layout.config_file, "the config file"), source, OWN_SECTIONS)
     if data is None:
         data = {}
     if not isinstance(data, dict):
@@ -878,7 +888,7 @@ def _load(
     except ValidationError as exc:
         skip = {where for where, _ in undefined}
         hidden = {v for v in (*used, *secrets.values()) if len(v) >= 4}
-        problems += _report(exc, merged, source, lines, skip, hidden)
+        problems += report_problems(exc, merged, source, lines, skip, hidden)
     if problems:
         ordered = sorted(problems, key=lambda p: p[0])  # stable: file order
         hint = None

@@ -13,6 +13,8 @@ CONFIG_RELPATH = Path("projects") / "itsup.yml"
 STATE_DIRS = ("upstream", "proxy")
 # What every project folder in projects/ holds (the spec's project layout).
 PROJECT_FILES = ("docker-compose.yml", "ingress.yml")
+# upstream/{project}/_backup/ holds a generation's database dumps: reserved for them.
+DUMP_FOLDER = "_backup"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,12 @@ The path, top to bottom:
     walk -> tar (per-file SHA-256) -> gzip (ISA-L, threads) -> age (optional)
          -> SHA-256 of the object -> multipart upload (parts in flight)
 
+Database dumps (projects/{project}/backup.yml, or discovered with
+`backup.databases: auto`) run beside the walk, bounded, into a private spool;
+services listed in `stop:` are stopped while the tree is read and started
+again right after it (and on any failure); the dumps are then appended to the
+same archive under upstream/{project}/_backup/ and listed in the manifest.
+
 Order of writes (docs/design.md): archive object (committed only when the
 stream is whole, and only when the shrink guard lets it), file index,
 manifest (the commit marker: a generation without it is never offered for
@@ -17,12 +23,15 @@ import logging
 import socket
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from itsup import __version__
 from itsup.agekeys import parse_recipient
+from itsup.dumps.plan import ProjectPlan, plan_dumps
+from itsup.dumps.run import DumpRecord, DumpRun, clear_spool
+from itsup.dumps.services import StoppedServices
 from itsup.errors import ItsupError
 from itsup.generation import (
     Generation,
@@ -51,10 +60,15 @@ class BackupResult:
     stats: Stats
     seconds: float
     latest_key: str
+    dumps: list[DumpRecord] = field(default_factory=list)
 
     @property
     def partial(self) -> bool:
         return bool(self.stats.problems)
+
+    @property
+    def failed_dumps(self) -> list[DumpRecord]:
+        return [d for d in self.dumps if d.result != "ok"]
 
 
 class ShrinkRefused(ItsupError):
@@ -145,6 +159,8 @@ def run_backup(
         start_time = now or datetime.now(UTC)
         store = GenerationStore(target, prefix)
         store.clean_up(cfg.orphan_grace)  # what killed runs left behind
+        clear_spool(host.layout.root)  # plaintext dumps a killed run left
+        plans = plan_dumps(host.layout, host.secrets, cfg.databases, cfg.dump_idle_timeout)
         found = store.generations()
         name = _unique_name(found, start_time)
         newest = store.newest_complete(found)
@@ -163,20 +179,36 @@ def run_backup(
         # 1. the archive, streamed; visible under its key only once whole (and let
         #    through by the shrink guard)
         index = IndexWriter()
-        archive, stats = stream_archive(
-            host, store, f"{prefix}{name}{suffix}", index, recipients, on_bytes, guard
-        )
+        with (
+            DumpRun(plans, host.layout.root, cfg.dump_jobs) as dumps,
+            StoppedServices(plans) as stopped,
+        ):
+            done: list[DumpRecord] = []
+
+            def after_tree() -> list[tuple[str, str]]:
+                stopped.start_again()  # the files are read: the services run again
+                records, members = dumps.wait()
+                done.extend(records)
+                return members
+
+            archive, stats = stream_archive(
+                host, store, f"{prefix}{name}{suffix}", index, recipients, on_bytes, guard,
+                plans=plans, extras=after_tree,
+            )  # fmt: skip
+        _dump_problems(stats, plans, done, stopped.problems)
         # 2. the file index
         index_ref = write_index(
             store, f"{prefix}{name}{index_suffix(bool(recipients))}", index, recipients
         )
         # 3. the manifest: the commit point of the generation
         store.commit(
-            describe_generation(host, name, start_time, started, archive, index_ref, stats)
+            describe_generation(host, name, start_time, started, archive, index_ref, stats, done)
         )
         # 4. the `latest` alias the spec's plain-tools procedures use
         latest_key = store.point_latest(name, archive.key, suffix)
-        result = BackupResult(name, target.name, archive.key, archive.size, stats, 0.0, latest_key)
+        result = BackupResult(
+            name, target.name, archive.key, archive.size, stats, 0.0, latest_key, done
+        )
         result.seconds = time.monotonic() - started
         _log_outcome(result)
         return result
@@ -223,16 +255,22 @@ def stream_archive(
     recipients: list[Any],
     on_bytes: Callable[[int], None] | None,
     before_commit: Callable[[Stats], None] | None = None,
+    *,
+    plans: list[ProjectPlan] | None = None,
+    extras: Callable[[], list[tuple[str, str]]] | None = None,
 ) -> tuple[ObjectRef, Stats]:
     """walk -> tar -> compress -> encrypt -> hash (`codec.encode`) -> upload; abort the
     upload on any failure.
 
-    `before_commit` sees the run's figures once the stream is whole and may
-    raise to abort it: then nothing is left under the key.
+    The live data folders of dumped engines (`plans`) are left out of the walk;
+    `extras` adds the dumps after it. `before_commit` sees the run's figures
+    once the stream is whole and may raise to abort it: then nothing is left
+    under the key.
     """
     cfg = host.config.backup
     compression = cfg.compression_settings
-    selection = Selection(STATE_DIRS, tuple(cfg.exclude), cfg.include_volumes)
+    left_out = frozenset(path for plan in plans or () for path in plan.excludes)
+    selection = Selection(STATE_DIRS, tuple(cfg.exclude), cfg.include_volumes, left_out)
     writer = store.open_archive(key)
     try:
         encoded = encode(
@@ -245,6 +283,7 @@ def stream_archive(
             recipients=recipients,
             on_entry=index.add,
             on_bytes=on_bytes,
+            extras=extras,
         )
         if before_commit is not None:
             before_commit(encoded.stats)
@@ -253,6 +292,20 @@ def stream_archive(
         writer.abort()
         raise
     return ObjectRef(key, size, encoded.sha256), encoded.stats
+
+
+def _dump_problems(
+    stats: Stats, plans: list[ProjectPlan], records: list[DumpRecord], stop_problems: list[str]
+) -> None:
+    """A failed dump, or a service not stopped or started again, makes the backup partial."""
+    for plan in plans:
+        for note in plan.notes:
+            stats.skipped.append(Problem(plan.dump_folder, note))
+    for record in records:
+        if record.result != "ok":
+            stats.problems.append(Problem(record.file, f"dump failed: {record.error}"))
+    for message in stop_problems:
+        stats.problems.append(Problem("stop", message))
 
 
 def write_index(
@@ -270,6 +323,7 @@ def describe_generation(
     archive: ObjectRef,
     index: ObjectRef,
     stats: Stats,
+    dumps: list[DumpRecord] | None = None,
 ) -> Manifest:
     cfg = host.config.backup
     return Manifest(
@@ -294,6 +348,7 @@ def describe_generation(
         partial=bool(stats.problems),
         problems=[p.as_dict() for p in stats.problems + stats.skipped],
         tool_version=__version__,
+        dumps=[d.as_dict() for d in dumps or ()],
     )
 
 

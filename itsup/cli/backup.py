@@ -59,7 +59,13 @@ def backup(ctx: click.Context, target_choice: str | None, allow_shrink: bool) ->
         record.bytes, record.files = result.archive_size, s.files
         record.details = {"source_bytes": s.bytes, "unreadable_paths": len(s.problems)}
         record.exit_code = ExitCode.PARTIAL if result.partial else ExitCode.SUCCESS
-        if result.partial:
+        if result.failed_dumps:
+            failed = result.failed_dumps
+            record.message = (
+                f"{len(failed)} database dump(s) failed, e.g. {failed[0].project}/"
+                f"{failed[0].service}: {failed[0].error}"
+            )
+        elif result.partial:
             record.message = (
                 f"{len(s.problems)} path(s) could not be read completely, e.g. "
                 f"{s.problems[0].path}: {s.problems[0].problem}"
@@ -99,6 +105,50 @@ def _report_backup(ctx: click.Context, result: BackupResult, show: bool) -> None
             notice(f"  {problem.path}: {problem.problem}")
         if len(s.problems) > 20:
             notice(f"  ... and {len(s.problems) - 20} more (see the manifest)")
+
+
+@backup.command("plan")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def plan_cmd(ctx: click.Context, as_json: bool) -> None:
+    """Show the databases each project dumps, how, and what is left out of the file copy.
+
+    Reads projects/{project}/backup.yml, or discovers engines by image in
+    upstream/{project}/docker-compose.yml; runs nothing. Secrets show as ***.
+    """
+    from itsup.actions.dbplan import describe_plan
+
+    host = open_host(ctx)
+    projects = describe_plan(host)
+    if as_json:
+        out.print(json.dumps([p.as_dict() for p in projects], indent=2))
+        return
+    if not projects:
+        out.print(
+            "no databases found: no project has a backup.yml, and no compose file runs a "
+            "known engine (postgres, mariadb, mysql, redis)"
+        )
+        return
+    for project in projects:
+        state = (
+            ""
+            if project.dumped
+            else "  [NOT DUMPED: set backup.databases: auto in itsup.yml, or write a backup.yml]"
+        )
+        out.print(f"{project.project}  ({project.source}){state}")
+        for dump in project.dumps:
+            where = {"container": "in its container", "host": "outside containers (host's client)"}
+            out.print(f"  {dump.name}: {dump.adapter}, {where.get(dump.where, 'a file')}")
+            for note in dump.credentials:
+                out.print(f"    credentials: {note}")
+            for command in dump.commands:
+                out.print(f"    $ {command}")
+        for path in project.excluded:
+            out.print(f"  left out of the file copy: {path}")
+        if project.stop:
+            out.print(f"  stopped while its files are copied: {', '.join(project.stop)}")
+        for note in project.notes:
+            out.print(f"  note: {note}")
 
 
 @backup.command("list")

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from itsup.layout import DUMP_FOLDER
 from itsup.manifest import Entry
 from itsup.pipeline.tarformat import encode_header
 
@@ -69,12 +70,18 @@ class Selection:
     roots: tuple[str, ...]
     excludes: tuple[str, ...] = ()
     include_volumes: bool = False
+    # Exact paths left out: the live data folders of engines that are dumped.
+    paths: frozenset[str] = frozenset()
 
     def excluded(self, rel: str) -> bool:
-        if not self.include_volumes:
-            parts = rel.split("/")
-            if len(parts) == 3 and parts[0] == "upstream" and parts[2] == "volumes":
+        parts = rel.split("/")
+        if len(parts) == 3 and parts[0] == "upstream":
+            if parts[2] == DUMP_FOLDER:  # dumps are added by the run itself, never read here
                 return True
+            if parts[2] == "volumes" and not self.include_volumes:
+                return True
+        if rel in self.paths:
+            return True
         return any(fnmatch.fnmatchcase(rel, pat) for pat in self.excludes)
 
 
@@ -356,13 +363,20 @@ def write_archive(
     sink: Sink,
     on_entry: Callable[[Entry], None],
     on_bytes: Callable[[int], None] | None = None,
+    extras: Callable[[], list[tuple[str, str]]] | None = None,
 ) -> Stats:
-    """Stream the selected tree into `sink` as a tar archive; return what was stored."""
+    """Stream the selected tree into `sink` as a tar archive; return what was stored.
+
+    `extras`, called once the tree is written, gives more members as (archive
+    path, path on disk), added after it in that order: a backup's database dumps.
+    """
     stats = Stats()
     writer = TarWriter(sink, on_entry, on_bytes)
     try:
         for rel, absolute, st in walk(root, selection, stats):
             writer.add(rel, absolute, st, stats)
+        for rel, absolute in extras() if extras is not None else ():
+            writer.add(rel, absolute, os.lstat(absolute), stats)
         writer.finish()
     finally:
         writer.hasher.close()

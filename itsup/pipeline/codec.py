@@ -53,6 +53,7 @@ def encode(
     recipients: list[Any],
     on_entry: Callable[[Entry], None],
     on_bytes: Callable[[int], None] | None = None,
+    extras: Callable[[], list[tuple[str, str]]] | None = None,
 ) -> Encoded:
     """Write the selected tree to `sink`: tar -> compress (`codec`) -> age (when there are
     `recipients`) -> SHA-256 of the bytes written.
@@ -66,7 +67,7 @@ def encode(
         hashed = HashingWriter(sink)
         encryptor = EncryptingWriter(hashed, recipients) if recipients else None
         compressor = _open_compressor(encryptor or hashed, codec, level, threads)
-        stats = write_archive(root, selection, compressor, on_entry, on_bytes)
+        stats = write_archive(root, selection, compressor, on_entry, on_bytes, extras)
         compressor.close()
         if encryptor is not None:
             encryptor.close()

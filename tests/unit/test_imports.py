@@ -28,6 +28,7 @@ LAYERS = {
     "itsup.index": "generations",
     "itsup.pipeline": "pipeline",
     "itsup.storage": "storage",
+    "itsup.dumps": "dumps",
     # domain: the host's things, knowing neither archives' bytes nor storage
     "itsup.manifest": "domain",
     "itsup.lock": "domain",
@@ -37,9 +38,11 @@ LAYERS = {
     "itsup.notify": "domain",
     "itsup.repos": "domain",
     "itsup.git": "domain",
+    "itsup.compose": "domain",
     # base: imported by everything, importing only each other
     "itsup": "base",
     "itsup.config": "base",
+    "itsup.dbconfig": "base",
     "itsup.layout": "base",
     "itsup.errors": "base",
     "itsup.log": "base",
@@ -54,6 +57,7 @@ RANK = {
     "generations": 4,
     "pipeline": 3,
     "storage": 3,
+    "dumps": 3,
     "domain": 2,
     "base": 1,
 }

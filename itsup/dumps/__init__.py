@@ -1,0 +1,1 @@
+"""Database dumps: plan, engines, running them beside the file archive."""
