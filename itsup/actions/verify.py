@@ -14,14 +14,20 @@ temporary file.
 
 from __future__ import annotations
 
+import hashlib
 import io
 import math
+import os
 import random
+import shutil
+import tempfile
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import Any, BinaryIO
 
 from itsup.agekeys import default_identity_file, load_identities
+from itsup.dumps.checks import check_dump
 from itsup.errors import IntegrityError, NotFoundError
 from itsup.generation import (
     LATEST,
@@ -71,6 +77,8 @@ class GenerationCheck:
     files_sampled: int = 0  # chosen for re-hashing (--read-data-subset)
     files_hashed: int = 0
     seconds: float = 0.0
+    # Database dumps: each checked against its SHA-256 and for structure.
+    dumps: list[dict[str, Any]] = field(default_factory=list)
 
     @property
     def reason(self) -> str | None:
@@ -299,20 +307,77 @@ def _verify(
         sample = set(files) if count >= len(files) else set(rng.sample(files, count))
     check.files_sampled = len(sample)
     key = manifest.archive.key
-    result = check_archive(
-        target.open_reader(key),
-        manifest,
-        keys,
-        entries,
-        sample,
-        reopen=lambda: target.open_reader(key),
-    )
+    with DumpCopies(manifest.dumps) as dumps:
+        result = check_archive(
+            target.open_reader(key),
+            manifest,
+            keys,
+            entries,
+            sample | dumps.paths,
+            reopen=lambda: target.open_reader(key),
+            copy_to=dumps.open,
+        )
+        if result.ok:
+            dumps.check(entries, check)
     check.bytes_read += result.archive_bytes
     check.members = result.members
     check.files = result.files
     check.files_hashed = result.files_hashed
     for problem in result.problems:
         check.fail(problem)
+
+
+class DumpCopies:
+    """The database dumps of a generation, copied (0600, in a private temporary
+    folder, deleted on the way out) while the archive streams, then checked."""
+
+    def __init__(self, records: list[dict[str, Any]]) -> None:
+        self.records = [r for r in records if r.get("result") == "ok" and r.get("file")]
+        self.paths = {str(r["file"]) for r in self.records}
+        self.folder: Path | None = None
+        self.files: dict[str, BinaryIO] = {}
+
+    def __enter__(self) -> DumpCopies:
+        if self.records:
+            self.folder = Path(tempfile.mkdtemp(prefix="itsup-verify-"))
+        return self
+
+    def _local(self, path: str) -> Path:
+        assert self.folder is not None
+        return self.folder / hashlib.sha256(path.encode()).hexdigest()
+
+    def open(self, path: str) -> BinaryIO | None:
+        if path not in self.paths:
+            return None
+        fd = os.open(self._local(path), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        self.files[path] = os.fdopen(fd, "wb")
+        return self.files[path]
+
+    def check(self, entries: list[Entry], check: GenerationCheck) -> None:
+        for f in self.files.values():
+            f.close()
+        listed = {e.path: e.sha256 for e in entries}
+        for record in self.records:
+            file = str(record["file"])
+            problem, how = None, "SHA-256"
+            if listed.get(file) != record.get("sha256"):
+                problem = "its SHA-256 differs from the one the manifest records"
+            elif file not in self.files:
+                problem = "missing from the archive"
+            else:
+                problem, how = check_dump(str(record["adapter"]), file, self._local(file))
+                how = f"SHA-256, {how}"
+            check.dumps.append(
+                {"file": file, "adapter": record["adapter"], "checked": how, "problem": problem}
+            )
+            if problem:
+                check.fail(f"{file}: database dump: {problem}")
+
+    def __exit__(self, *exc: object) -> None:
+        for f in self.files.values():
+            f.close()
+        if self.folder is not None:
+            shutil.rmtree(self.folder, ignore_errors=True)
 
 
 def _consistent(manifest: Manifest, prefix: str, gen: Generation, check: GenerationCheck) -> bool:

@@ -320,6 +320,12 @@ class Redis(Engine):
     def steps(self, names: list[str]) -> list[Step]:
         return [Step(f"{self.label}.rdb", None, ["redis-cli", *self._conn(), "--rdb", "-"])]
 
+    def dump(self, spool: Path, idle_timeout: float) -> list[Dumped]:
+        dumped = super().dump(spool, idle_timeout)
+        for item in dumped:
+            _strip_eof_mark(spool / item.file, item.written)
+        return dumped
+
     def load(self, files: list[tuple[str, str | None, Path]]) -> None:
         """Replace the live data set by the snapshot without restarting the server.
 
@@ -460,6 +466,28 @@ ENGINES: dict[str, type[Engine]] = {
     "sqlite": SQLite,
     "command": Command,
 }
+
+
+def _strip_eof_mark(path: Path, written: Written) -> None:
+    """Cut the 40-character end mark of a diskless transfer that `redis-cli --rdb -`
+    leaves after the RDB when it writes to a pipe (to a file, it truncates it)."""
+    mark = 40
+    with path.open("r+b") as f:
+        f.seek(0, 2)
+        size = f.tell()
+        if size < mark + 9:
+            return
+        f.seek(size - mark - 9)
+        tail = f.read()
+        if tail[0] != 0xFF or not re.fullmatch(rb"[0-9a-f]{40}", tail[9:]):
+            return
+        f.truncate(size - mark)
+        f.seek(0)
+        digest = hashlib.sha256()
+        while chunk := f.read(1 << 20):
+            digest.update(chunk)
+    written.size = size - mark
+    written.sha256 = digest.hexdigest()
 
 
 def _major(version: str) -> int:

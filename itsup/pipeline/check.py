@@ -73,6 +73,7 @@ def check_archive(
     sample: set[str] | frozenset[str] = frozenset(),
     *,
     reopen: Callable[[], BinaryIO],
+    copy_to: Callable[[str], BinaryIO | None] | None = None,
 ) -> ArchiveCheck:
     """Stream `manifest`'s archive from `stream` and compare it with the index `entries`.
 
@@ -98,7 +99,7 @@ def check_archive(
         raise
     try:
         try:
-            _compare(top, iter(entries), sample, result, stream_problems)
+            _compare(top, iter(entries), sample, result, stream_problems, copy_to)
             while top.read(CHUNK):  # to the end: the gzip trailer (CRC, length) is checked
                 pass
         except IntegrityError as exc:
@@ -148,6 +149,7 @@ def _compare(
     sample: set[str] | frozenset[str],
     result: ArchiveCheck,
     problems: list[str],
+    copy_to: Callable[[str], BinaryIO | None] | None = None,
 ) -> None:
     """Walk the tar stream; record member-list and content problems in `problems`."""
     reader = TarReader(stream)
@@ -194,7 +196,8 @@ def _compare(
                 in_step = False
                 continue
             if member.type == "file" and member.path in sample:
-                _hash_member(reader, member.path, member.size, entry, result)
+                copy = copy_to(member.path) if copy_to is not None else None
+                _hash_member(reader, member.path, member.size, entry, result, copy)
     except tarfile.TarError as exc:
         at = f" (at or after member {current!r})" if current else ""
         raise tarfile.TarError(f"{exc}{at}") from None
@@ -210,12 +213,15 @@ def _hash_member(
     size: int,
     entry: Entry,
     result: ArchiveCheck,
+    copy: BinaryIO | None = None,
 ) -> None:
     digest = hashlib.sha256()
     left = size
     while left:
         data = reader.read(min(CHUNK, left))
         digest.update(data)
+        if copy is not None:
+            copy.write(data)
         left -= len(data)
     result.files_hashed += 1
     result.bytes_hashed += size
