@@ -12,6 +12,7 @@ and a `databases:` list; both become a list of `Database`.
 from __future__ import annotations
 
 import posixpath
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Annotated, Any, Literal
@@ -115,25 +116,28 @@ class ProjectBackup(Strict):
 
 def _one_engine_form(data: dict[str, Any]) -> dict[str, Any]:
     """itsUP's `adapter:` + `service:` at the top, as a one-item `databases:` list."""
-    if "adapter" not in data:
+    if "adapter" not in data or "databases" in data:
         return data
-    item = {k: data[k] for k in _ITEM_KEYS if k in data and k != "idle_timeout"}
+    own = set(ProjectBackup.model_fields) - {"databases", "idle_timeout"}
+    item = {k: v for k, v in data.items() if k not in own and k != "idle_timeout"}
     rest = {k: v for k, v in data.items() if k not in item}
-    rest["databases"] = [item, *(rest.get("databases") or [])]
+    rest["databases"] = [item]
     return rest
 
 
-def _shift_lines(lines: dict[Any, int]) -> dict[Any, int]:
-    out: dict[Any, int] = {}
+def _item_lines(lines: dict[Any, int]) -> dict[Any, int]:
+    """The lines of the one-engine form's keys, as the list form's `databases.0.*`."""
+    out = dict(lines)
     for where, line in lines.items():
-        if where[:1] == ("databases",) and len(where) > 1 and isinstance(where[1], int):
-            out[("databases", where[1] + 1, *where[2:])] = line
-        elif where[:1] and where[0] in _ITEM_KEYS and where[0] != "idle_timeout":
+        if where[:1] and where[0] not in ("exclude", "stop", "idle_timeout"):
             out[("databases", 0, *where)] = line
-        else:
-            out[where] = line
-    out.setdefault(("databases", 0), lines.get(("adapter",), 1))
+    out[("databases", 0)] = lines.get(("adapter",), 1)
     return out
+
+
+def _as_written(problem: str) -> str:
+    """A problem of the one-engine form, naming its keys as the operator wrote them."""
+    return re.sub(r"^(\S+:\d*: )databases\.0(?:\.|(?=:))", r"\1", problem).replace(": : ", ": ")
 
 
 def load_project_backup(
@@ -165,15 +169,23 @@ def load_project_backup(
         )
         for where, name in undefined
     ]
+    if "adapter" in expanded and "databases" in expanded:
+        line = lines.get(("databases",), 0)
+        problems.append(
+            (line, f"{source}:{line}: databases: give either `adapter:` at the top (one "
+             "engine) or a `databases:` list, not both")
+        )  # fmt: skip
     shaped = _one_engine_form(expanded)
-    if shaped is not expanded:  # keys moved into databases[0]: their lines move too
-        lines = _shift_lines(lines)
+    one_engine = shaped is not expanded
+    if one_engine:  # keys moved into databases[0]: their lines move too
+        lines = _item_lines(lines)
     try:
         config = ProjectBackup.model_validate(shaped)
     except ValidationError as exc:
         hidden = {v for v in used if len(v) >= 4}
         skip = {where for where, _ in undefined}
-        problems += report_problems(exc, shaped, source, lines, skip, hidden, ProjectBackup)
+        found = report_problems(exc, shaped, source, lines, skip, hidden, ProjectBackup)
+        problems += [(n, _as_written(p)) if one_engine else (n, p) for n, p in found]
     if problems:
         raise ConfigError([text for _, text in sorted(problems, key=lambda p: p[0])])
     return config
