@@ -43,6 +43,7 @@ class DumpRecord:
     seconds: float
     result: str  # ok | failed
     error: str | None = None
+    path: str | None = None  # an SQLite database's path below upstream/{project}/
 
     def as_dict(self) -> dict[str, object]:
         return asdict(self)
@@ -103,7 +104,7 @@ class DumpRun:
             log.warning("dump of %s/%s failed: %s", job.project, job.label, exc.message)
             return [
                 DumpRecord(job.project, job.label, job.adapter, None, f"{base}/{job.label}",
-                           "", 0, "", 0.0, "failed", exc.message)
+                           "", 0, "", 0.0, "failed", exc.message, job.engine.db.path)
             ]  # fmt: skip
         log.info(
             "dumped %s/%s (%s %s): %d files",
@@ -115,7 +116,8 @@ class DumpRun:
         )
         return [
             DumpRecord(job.project, job.label, job.adapter, d.database, f"{base}/{d.file}",
-                       version, d.written.size, d.written.sha256, round(d.written.seconds, 3), "ok")
+                       version, d.written.size, d.written.sha256, round(d.written.seconds, 3), "ok",
+                       None, job.engine.db.path)
             for d in dumped
         ]  # fmt: skip
 

@@ -96,6 +96,24 @@ class Client:
         except subprocess.TimeoutExpired:
             raise DumpError(f"{command[0]} did not answer within {timeout:.0f} s") from None
 
+    def call_compose(
+        self, args: list[str], timeout: float = 600
+    ) -> subprocess.CompletedProcess[bytes]:
+        """A compose command of the project itself (`up -d`, `down`), not run in a service."""
+        assert self.compose is not None
+        try:
+            return subprocess.run(
+                [*self.compose, *args],
+                stdin=subprocess.DEVNULL,
+                capture_output=True,
+                env=self._environ(),
+                cwd=self.cwd,
+                timeout=timeout,
+                check=False,
+            )
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise DumpError(f"{' '.join(self.compose)} {args[0]}: {exc}") from None
+
     def run(
         self, command: list[str], *, stdin: IO[bytes] | None = None, timeout: float | None = None
     ) -> str:

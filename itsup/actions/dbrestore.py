@@ -1,0 +1,152 @@
+"""Load a generation's database dumps into the running engines (restore and drill).
+
+Which dumps a generation holds comes from its manifest (one record per
+file, in the order they were written: globals/users before databases); how
+to reach each engine comes from the host as it is now (the project's
+backup.yml, else its compose file), matched by project and service. Every
+engine is asked to answer before the restore changes anything; then, once
+the files are in place, the dumps are loaded one engine after another, each
+in its own order. The first load that fails stops the rest: what was loaded
+and what was not is named.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from itsup.compose import compose_command, find_compose_file, load_services
+from itsup.dbconfig import Database
+from itsup.dumps.engines import ENGINES, Engine
+from itsup.dumps.plan import Job, Secrets, plan_project
+from itsup.dumps.runner import DumpError
+from itsup.errors import ItsupError
+from itsup.host import Host
+from itsup.layout import DUMP_FOLDER
+from itsup.manifest import Manifest
+
+log = logging.getLogger("itsup.restore")
+
+
+@dataclass
+class DumpLoad:
+    """The dumps of one engine (a project's service, or an SQLite file), to load in order."""
+
+    project: str
+    label: str
+    adapter: str
+    engine: Engine
+    records: list[dict[str, Any]] = field(default_factory=list)
+
+    @property
+    def name(self) -> str:
+        return f"{self.project}/{self.label}"
+
+    def files(self, folder: Path) -> list[tuple[str, str | None, Path]]:
+        """(file name, database, path) below `folder` (which holds {project}/{file})."""
+        out = []
+        for record in self.records:
+            name = str(record["file"]).rsplit("/", 1)[1]
+            out.append((name, record.get("database"), folder / self.project / name))
+        return out
+
+
+def is_dump(path: str) -> bool:
+    """Whether an archive path is a database dump (upstream/{project}/_backup/...)."""
+    parts = path.split("/")
+    return len(parts) >= 3 and parts[0] == "upstream" and parts[2] == DUMP_FOLDER
+
+
+def dump_records(manifest: Manifest, selects: Callable[[str], bool]) -> list[dict[str, Any]]:
+    return [
+        r for r in manifest.dumps if r.get("result") == "ok" and selects(str(r.get("file", "")))
+    ]
+
+
+def plan_loads(host: Host, records: list[dict[str, Any]]) -> list[DumpLoad]:
+    """One DumpLoad per engine, in the order the generation wrote them."""
+    loads: dict[tuple[str, str], DumpLoad] = {}
+    jobs: dict[str, dict[str, Job]] = {}
+    for record in records:
+        project, label = str(record["project"]), str(record["service"])
+        key = (project, label)
+        if key not in loads:
+            if project not in jobs:
+                jobs[project] = _jobs(host, project)
+            job = jobs[project].get(label)
+            engine = job.engine if job else _engine_from(host, record)
+            loads[key] = DumpLoad(project, label, str(record["adapter"]), engine)
+        loads[key].records.append(record)
+    return list(loads.values())
+
+
+def _jobs(host: Host, project: str) -> dict[str, Job]:
+    cfg = host.config.backup
+    plan = plan_project(host.layout, project, host.secrets, "auto", cfg.dump_idle_timeout)
+    return {job.label: job for job in plan.jobs}
+
+
+def _engine_from(host: Host, record: dict[str, Any]) -> Engine:
+    """The engine of a dump whose project no longer lists it: its service, as recorded."""
+    from itsup.dumps.plan import _job, ProjectPlan
+
+    project, adapter = str(record["project"]), str(record["adapter"])
+    folder = host.layout.upstream / project
+    if adapter == "sqlite":
+        db = Database(adapter="sqlite", path=record.get("path") or str(record["service"]))
+    else:
+        db = Database(adapter=adapter, service=str(record["service"]))  # type: ignore[arg-type]
+    compose_file = find_compose_file(folder)
+    services = load_services(compose_file) if compose_file else {}
+    plan = ProjectPlan(project, folder, "manifest")
+    plan.compose = compose_command() if db.service else None
+    secrets = Secrets(host.layout, project, host.secrets)
+    cfg = host.config.backup
+    return _job(plan, db, services.get(db.service or ""), secrets, cfg.dump_idle_timeout).engine
+
+
+def check_running(loads: list[DumpLoad]) -> None:
+    """ItsupError naming every engine that does not answer, before anything is changed."""
+    problems, hints = [], []
+    for load in loads:
+        try:
+            load.engine.ready()
+        except DumpError as exc:
+            problems.append(f"{load.name} ({load.adapter}) does not answer: {exc.message}")
+            if load.engine.client.in_container:
+                compose = " ".join(load.engine.client.compose or ["docker", "compose"])
+                hints.append(f"cd upstream/{load.project} && {compose} up -d {load.label}")
+    if problems:
+        raise ItsupError(
+            "cannot load the database dumps, nothing was changed: " + "; ".join(problems),
+            hint=(
+                "start " + ("it: " if len(hints) == 1 else "them: ") + "; ".join(hints) + "; "
+                if hints
+                else ""
+            )
+            + "or restore the files alone with --no-databases, start the engines, then "
+            "load the dumps with --databases-only",
+        )
+
+
+def load_all(loads: list[DumpLoad], folder: Path) -> list[str]:
+    """Load every engine's dumps from `folder`; the names loaded. Stops at the first failure."""
+    done: list[str] = []
+    for i, load in enumerate(loads):
+        try:
+            load.engine.load(load.files(folder))
+        except DumpError as exc:
+            rest = [other.name for other in loads[i + 1 :]]
+            raise ItsupError(
+                f"loading the dumps of {load.name} ({load.adapter}) failed: {exc.message}"
+                + (f"; loaded before it: {', '.join(done)}" if done else "")
+                + (f"; not loaded (left as they were): {', '.join(rest)}" if rest else ""),
+                hint="the files are restored; fix the engine, then run the restore again "
+                "with --databases-only",
+            ) from None
+        log.info("loaded %d dump(s) into %s (%s)", len(load.records), load.name, load.adapter)
+        done.append(load.name)
+    return done
