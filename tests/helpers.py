@@ -28,6 +28,8 @@ from typing import Any
 
 from s3server import S3Server
 
+from itsup.manifest import Manifest, ObjectRef
+
 REPO = Path(__file__).resolve().parent.parent
 ITSUP = [sys.executable, "-m", "itsup"]
 MiB = 1 << 20
@@ -331,6 +333,34 @@ def read_manifest(store: Store, generation: str) -> dict[str, Any]:
     manifest = json.loads(store.read(f"{generation}.manifest.json"))
     assert isinstance(manifest, dict)
     return manifest
+
+
+def make_manifest(**overrides: Any) -> Manifest:
+    """A complete, plausible manifest built in the test; any field can be given instead.
+
+    The archive and index keys follow `generation` unless they are given too.
+    """
+    name = overrides.get("generation", "backup-2026-01-01-000000")
+    fields: dict[str, Any] = {
+        "generation": name,
+        "host": "h",
+        "root": "/srv/host",
+        "started": "2026-01-01T00:00:00+00:00",
+        "finished": "2026-01-01T00:00:01+00:00",
+        "duration_seconds": 1.0,
+        "archive": ObjectRef(f"itsup/{name}.tar.gz", 10, "0" * 64),
+        "index": ObjectRef(f"itsup/{name}.index.jsonl.gz", 10, "0" * 64),
+        "compression": "gzip",
+        "encryption": None,
+        "roots": ["upstream", "proxy"],
+        "include_volumes": True,
+        "files": 3,
+        "dirs": 1,
+        "symlinks": 0,
+        "source_bytes": 100,
+        "partial": False,
+    }
+    return Manifest(**{**fields, **overrides})
 
 
 def dead_pid() -> str:
