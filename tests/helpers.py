@@ -10,6 +10,7 @@ own folder, once per target kind.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import io
@@ -21,7 +22,8 @@ import stat
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -38,6 +40,7 @@ TOPS = ("upstream", "proxy")
 ACME = "proxy/traefik/acme.json"
 NAME_RE = re.compile(r"^backup-\d{4}-\d{2}-\d{2}-\d{6}$")
 STAGING_MARK = ".itsup-restore-"
+LOCK_FILE = ".itsup-backup.lock"  # the host lock, in the host root
 
 
 # -- the command ---------------------------------------------------------------------
@@ -361,6 +364,23 @@ def make_manifest(**overrides: Any) -> Manifest:
         "partial": False,
     }
     return Manifest(**{**fields, **overrides})
+
+
+@contextmanager
+def lock_held(root: Path, record: str | None = None) -> Iterator[None]:
+    """Hold a host root's lock from the test, as a running backup would.
+
+    With `record`, the lock file says it, as a holder's own record does.
+    """
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if record is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record.encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def dead_pid() -> str:

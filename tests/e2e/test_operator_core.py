@@ -8,17 +8,21 @@ local target and the real S3-compatible server.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import make_host, make_manifest, run_itsup, s3_config, s3_secrets, write_config
+from helpers import (
+    lock_held,
+    make_host,
+    make_manifest,
+    run_itsup,
+    s3_config,
+    s3_secrets,
+    write_config,
+)
 from s3server import S3Server
 from test_notify_metrics import Hook, hook  # noqa: F401  (the loopback webhook fixture)
 
@@ -271,16 +275,6 @@ def test_a_key_that_does_not_match_is_exit_4_everywhere(tmp_path: Path) -> None:
 
 
 # -- 5. lock contention is not a failure -----------------------------------------------
-
-
-@contextmanager
-def lock_held(root: Path) -> Iterator[None]:
-    fd = os.open(root / ".itsup-backup.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield
-    finally:
-        os.close(fd)
 
 
 def test_locked_out_backup_sends_no_alert_and_no_ping(tmp_path: Path, hook: Hook) -> None:  # noqa: F811
