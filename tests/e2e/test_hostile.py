@@ -30,7 +30,7 @@ import pytest
 from helpers import Result, make_host, make_manifest, run_itsup, write_config
 
 from itsup import __version__
-from itsup.actions.restore import plan_restore, run_restore
+from itsup.actions.restore import RestoreOptions, plan_restore, run_restore
 from itsup.errors import IntegrityError
 from itsup.host import open_host
 from itsup.manifest import Entry, IndexWriter, Manifest, ObjectRef
@@ -414,7 +414,7 @@ def test_hostile_archive_stream_is_refused(world: World, case: str) -> None:
             m.index = False
     publish_members(world.target, members)
     before = snapshot(world.tmp, skip=world.target)
-    plan = plan_restore(open_host(str(world.root)), "all", to=str(world.dest))
+    plan = plan_restore(open_host(str(world.root)), RestoreOptions("all", to=str(world.dest)))
     with pytest.raises(IntegrityError) as err:
         run_restore(plan)
     assert err.value.exit_code == 5
