@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from itsup.errors import ConfigError
-from itsup.git import Repo
+from itsup.git import GitError, Repo, git
 from itsup.layout import Layout
 
 TAG_PREFIX = "backup-"
@@ -24,6 +24,9 @@ TAG_FORMAT = "backup-%Y%m%d-%H%M%S"
 AGE_KEY_ERE = "AGE-SECRET-KEY-1[02-9AC-HJ-NP-Z]{58}"
 SECRETS_EXTRAS = (".sops.yaml", ".gitignore")  # hold no secret; staged with *.enc.txt
 _CHUNK = 200  # paths per git command line
+# The snapshot verbs (snapshot, tags, remote_verify) share one logger: the host
+# log names them all "itsup.snapshot".
+SNAPSHOT_LOGGER = "itsup.snapshot"
 
 
 @dataclass(frozen=True)
@@ -98,6 +101,24 @@ def folder_prefix(repo: Repo, folder: Path) -> str:
 def is_plaintext_secret(path: str, prefix: str) -> bool:
     """A dotenv secret in the clear: `*.txt` under `prefix` that is not `*.enc.txt`."""
     return path.startswith(prefix) and path.endswith(".txt") and not path.endswith(".enc.txt")
+
+
+def age_key_paths(
+    cwd: Path, *where: str, cached: bool = False, label: str = "", check: bool = True
+) -> list[str]:
+    """The paths `git grep` finds an age secret key in, in the repository at `cwd`.
+
+    It searches the index (`cached`) or the work tree, or the tree named in
+    `where`, which also holds the pathspecs (after `--`). A failed grep (not one
+    that finds nothing) raises GitError naming `label`, unless `check` is off.
+    """
+    proc = git(
+        "grep", *(["--cached"] if cached else []), "-l", "-z", "-E", "-i", "-e", AGE_KEY_ERE,
+        *where, cwd=cwd, check=False,
+    )  # fmt: skip
+    if check and proc.returncode not in (0, 1):
+        raise GitError(f"{label or cwd}: git grep failed: {proc.stderr.decode().strip()}")
+    return [p for p in proc.stdout.decode("utf-8", "replace").split("\0") if p]
 
 
 def literal(paths: Iterable[str]) -> list[str]:

@@ -10,6 +10,7 @@ own folder, once per target kind.
 
 from __future__ import annotations
 
+import fcntl
 import gzip
 import hashlib
 import io
@@ -21,12 +22,15 @@ import stat
 import subprocess
 import sys
 import tarfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from s3server import S3Server
+
+from itsup.manifest import Manifest, ObjectRef
 
 REPO = Path(__file__).resolve().parent.parent
 ITSUP = [sys.executable, "-m", "itsup"]
@@ -36,6 +40,7 @@ TOPS = ("upstream", "proxy")
 ACME = "proxy/traefik/acme.json"
 NAME_RE = re.compile(r"^backup-\d{4}-\d{2}-\d{2}-\d{6}$")
 STAGING_MARK = ".itsup-restore-"
+LOCK_FILE = ".itsup-backup.lock"  # the host lock, in the host root
 
 
 # -- the command ---------------------------------------------------------------------
@@ -331,6 +336,51 @@ def read_manifest(store: Store, generation: str) -> dict[str, Any]:
     manifest = json.loads(store.read(f"{generation}.manifest.json"))
     assert isinstance(manifest, dict)
     return manifest
+
+
+def make_manifest(**overrides: Any) -> Manifest:
+    """A complete, plausible manifest built in the test; any field can be given instead.
+
+    The archive and index keys follow `generation` unless they are given too.
+    """
+    name = overrides.get("generation", "backup-2026-01-01-000000")
+    fields: dict[str, Any] = {
+        "generation": name,
+        "host": "h",
+        "root": "/srv/host",
+        "started": "2026-01-01T00:00:00+00:00",
+        "finished": "2026-01-01T00:00:01+00:00",
+        "duration_seconds": 1.0,
+        "archive": ObjectRef(f"itsup/{name}.tar.gz", 10, "0" * 64),
+        "index": ObjectRef(f"itsup/{name}.index.jsonl.gz", 10, "0" * 64),
+        "compression": "gzip",
+        "encryption": None,
+        "roots": ["upstream", "proxy"],
+        "include_volumes": True,
+        "files": 3,
+        "dirs": 1,
+        "symlinks": 0,
+        "source_bytes": 100,
+        "partial": False,
+    }
+    return Manifest(**{**fields, **overrides})
+
+
+@contextmanager
+def lock_held(root: Path, record: str | None = None) -> Iterator[None]:
+    """Hold a host root's lock from the test, as a running backup would.
+
+    With `record`, the lock file says it, as a holder's own record does.
+    """
+    fd = os.open(root / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        if record is not None:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, record.encode(), 0)
+        yield
+    finally:
+        os.close(fd)
 
 
 def dead_pid() -> str:

@@ -35,7 +35,7 @@ from pathlib import Path
 from typing import Any
 
 from itsup import __version__
-from itsup.actions.restore import describe_links, plan_restore, run_restore
+from itsup.actions.restore import RestoreOptions, describe_links, plan_restore, run_restore
 from itsup.errors import (
     ConfigError,
     ExitCode,
@@ -242,14 +242,9 @@ def _restore_and_check(
 ) -> ItsupError | None:
     """Restore the generation into `root` and check the tree; the error, if it failed."""
     try:
-        plan = plan_restore(
-            host,
-            "all",
-            generation=name,
-            to=str(root),
-            target_choice=target_choice,
-            prefetch=True,  # links pointing outside: created as links, never followed
-        )
+        options = RestoreOptions("all", generation=name, to=str(root), target_choice=target_choice)
+        # Links pointing outside: created as links, never followed (the default).
+        plan = plan_restore(host, options, prefetch=True)
         restored = run_restore(plan)
     except ItsupError as exc:
         result.add("restore", "fail", exc.message)

@@ -22,9 +22,10 @@ from itsup.errors import ConfigError, IntegrityError, ItsupError, UsageError
 from itsup.git import GitError, GitRemoteError, Repo, git, mask
 from itsup.layout import PROJECT_FILES, Layout, project_checks
 from itsup.repos import (
-    AGE_KEY_ERE,
     SECRETS_EXTRAS,
+    SNAPSHOT_LOGGER,
     Repos,
+    age_key_paths,
     find_repos,
     folder_prefix,
     is_plaintext_secret,
@@ -33,8 +34,7 @@ from itsup.repos import (
     tracking,
 )
 
-# The snapshot verbs share one logger: the host log names them all "itsup.snapshot".
-log = logging.getLogger("itsup.snapshot")
+log = logging.getLogger(SNAPSHOT_LOGGER)
 
 
 @dataclass
@@ -313,11 +313,7 @@ def _check_leaks(sources: list[_Source], report: VerifyReport) -> None:
                         "a plaintext secret is committed in the remote: `git rm --cached` it, "
                         "push, and rotate the secrets in it (the history still holds it)",
                     )
-        proc = git(
-            "grep", "-l", "-z", "-E", "-i", "-e", AGE_KEY_ERE, "HEAD", "--",
-            cwd=src.dest, check=False,
-        )  # fmt: skip
-        for hit in (p for p in proc.stdout.decode("utf-8", "replace").split("\0") if p):
+        for hit in age_key_paths(src.dest, "HEAD", "--", check=False):
             leaks += 1
             report.add(
                 f"{where}{hit.removeprefix('HEAD:')}",

@@ -178,6 +178,27 @@ def scope_for(what: str | None, path: str | None, root: Path) -> Scope:
     return Scope(f"upstream/{what}", f"project {what} (upstream/{what})")
 
 
+@dataclass(frozen=True)
+class RestoreOptions:
+    """What to restore, from where, into where, and how: a restore's choices.
+
+    One object for the command (`itsup restore`), the drill and tests to build
+    and for plan_restore, restore_with_fallback and run_restore to read, so an
+    option is added here, once, and reaches every step. How each attempt runs
+    (read-ahead, when the lock is taken, generations to pass over) is the
+    caller's business and stays out.
+    """
+
+    what: str | None = None  # all, proxy or a project (see scope_for)
+    path: str | None = None  # one file or folder instead of `what`
+    generation: str | None = None  # None (or "latest"): the newest complete one
+    to: str | None = None  # a folder instead of the host root
+    target_choice: str | None = None  # the storage target to read, when there are several
+    refuse_external_links: bool = False  # refuse symlinks pointing outside, not create them
+    dry_run: bool = False  # restore_with_fallback only plans
+    fallback: bool = False  # restore_with_fallback passes over damaged generations
+
+
 @dataclass
 class Change:
     path: str
@@ -193,7 +214,7 @@ class RestorePlan:
     index_bytes: bytes
     identities: list[Any]
     target: Target
-    refuse_external_links: bool = False
+    options: RestoreOptions = field(default_factory=RestoreOptions)
     changes: list[Change] = field(default_factory=list)
     reader: BinaryIO | None = None  # the archive, already downloading (see plan_restore)
     # Symlinks in the scope that point outside the destination, (path, target).
@@ -269,13 +290,8 @@ def _compare(entry: Entry, dest: Path) -> str:
 
 def plan_restore(
     host: Host,
-    what: str | None = None,
+    options: RestoreOptions,
     *,
-    path: str | None = None,
-    generation: str | None = None,
-    to: str | None = None,
-    target_choice: str | None = None,
-    refuse_external_links: bool = False,
     prefetch: bool = False,
     hold_lock: bool = False,
     skip: Collection[str] = (),
@@ -287,20 +303,21 @@ def plan_restore(
     Generations named in `skip` (found damaged by an earlier attempt) are
     passed over when choosing the newest complete one.
 
-    A restore into the live root (no `to`, or `to` naming it) needs the host
-    lock (`lock_file`); `hold_lock` takes it now, before storage is read, so a
-    restore that could not run fails at once (LockedError). run_restore takes
+    A restore into the live root (no `options.to`, or one naming it) needs the
+    host lock (`lock_file`); `hold_lock` takes it now, before storage is read, so
+    a restore that could not run fails at once (LockedError). run_restore takes
     it otherwise, and releases it.
     """
-    scope = scope_for(what, path, host.layout.root)
-    dest = destination(host.layout, to)
+    scope = scope_for(options.what, options.path, host.layout.root)
+    dest = destination(host.layout, options.to)
+    generation = options.generation
     live = dest == host.layout.root
     held = contextlib.ExitStack()
     if hold_lock and live:
         _take_lock(held, host.layout.lock_file)
     early = None
     try:
-        target, prefix = host.target(target_choice)
+        target, prefix = host.target(options.target_choice)
         found = scan(target, prefix, load_manifests=False)
         gen = select_generation(
             [g for g in found if g.name not in skip], generation, target, location(target, prefix)
@@ -323,7 +340,7 @@ def plan_restore(
             index_bytes,
             identities,
             target,
-            refuse_external_links=refuse_external_links,
+            options,
             reader=early,
             lock_file=host.layout.lock_file if live else None,
             held=held if hold_lock and live else None,
@@ -417,7 +434,7 @@ def _work_out_changes(plan: RestorePlan) -> None:
         hint = f"projects in this backup: {', '.join(known)}" if known else None
         raise UsageError(f"{scope.label}: not in backup {plan.manifest.generation}", hint=hint)
     plan.external = outward_links(targets, scope.writes)  # chains: all the links are known
-    if plan.refuse_external_links:
+    if plan.options.refuse_external_links:
         refuse_outward(plan.external, targets)
 
 
@@ -459,21 +476,14 @@ class FallbackOutcome:
 
 def restore_with_fallback(
     host: Host,
-    what: str | None = None,
+    options: RestoreOptions,
     *,
-    path: str | None = None,
-    generation: str | None = None,
-    to: str | None = None,
-    target_choice: str | None = None,
-    refuse_external_links: bool = False,
-    dry_run: bool = False,
-    fallback: bool = False,
     on_skip: Callable[[GenerationDamaged], None] | None = None,
     confirm: Callable[[RestorePlan], None] | None = None,
     progress: Callable[[RestorePlan], AbstractContextManager[Callable[[int], None] | None]]
     | None = None,
 ) -> FallbackOutcome:
-    """Plan and run a restore; with `fallback`, pass over generations found damaged.
+    """Plan and run a restore; with `options.fallback`, pass over generations found damaged.
 
     Without `fallback` the first GenerationDamaged is raised: an older
     generation is never used silently. With it, a generation that fails a
@@ -485,9 +495,10 @@ def restore_with_fallback(
     A dry run only plans: nothing is read beyond the manifest and the index.
     """
     skipped: list[GenerationDamaged] = []
+    dry_run = options.dry_run
 
     def skip(exc: GenerationDamaged) -> None:
-        if not fallback:
+        if not options.fallback:
             raise exc
         skipped.append(exc)
         log.warning("--fallback: skipped %s: %s", exc.generation, exc.message, extra=FILE_ONLY)
@@ -498,12 +509,7 @@ def restore_with_fallback(
         try:
             plan = plan_restore(
                 host,
-                what,
-                path=path,
-                generation=generation,
-                to=to,
-                target_choice=target_choice,
-                refuse_external_links=refuse_external_links,
+                options,
                 prefetch=not dry_run,
                 hold_lock=not dry_run,  # into the live root: exit 11 at once if it is taken
                 skip=[s.generation for s in skipped],
@@ -600,7 +606,7 @@ def _stage(
                     plan.scope.writes,
                     restore_owner=os.geteuid() == 0,
                     expected=plan.entries(),
-                    external_links=not plan.refuse_external_links,
+                    external_links=not plan.options.refuse_external_links,
                     on_bytes=on_bytes,
                 )
                 stats = extractor.run(stream)
@@ -694,6 +700,7 @@ __all__ = [
     "FallbackOutcome",
     "GenerationDamaged",
     "ItsupError",
+    "RestoreOptions",
     "RestorePlan",
     "RestoreResult",
     "plan_restore",

@@ -30,13 +30,14 @@ from pathlib import Path
 
 from itsup import sops
 from itsup.errors import ExitCode, ItsupError
-from itsup.git import GitError, GitRemoteError, Repo, git
+from itsup.git import GitError, GitRemoteError, Repo
 from itsup.layout import Layout
 from itsup.repos import (
-    AGE_KEY_ERE,
     SECRETS_EXTRAS,
+    SNAPSHOT_LOGGER,
     TAG_FORMAT,
     Repos,
+    age_key_paths,
     chunks,
     find_repos,
     folder_prefix,
@@ -46,7 +47,7 @@ from itsup.repos import (
     tracking,
 )
 
-log = logging.getLogger("itsup.snapshot")
+log = logging.getLogger(SNAPSHOT_LOGGER)
 
 
 class SnapshotRefused(ItsupError):
@@ -130,14 +131,7 @@ def _staged_present(repo: Repo) -> list[str]:
 def _age_keys_staged(repo: Repo, paths: list[str]) -> list[str]:
     found: list[str] = []
     for chunk in chunks(paths):
-        proc = git(
-            "grep", "--cached", "-l", "-z", "-E", "-i", "-e", AGE_KEY_ERE, "--", *literal(chunk),
-            cwd=repo.top, check=False,
-        )  # fmt: skip
-        if proc.returncode == 0:
-            found += [p for p in proc.stdout.decode("utf-8", "replace").split("\0") if p]
-        elif proc.returncode != 1:
-            raise GitError(f"{repo.label}: git grep failed: {proc.stderr.decode().strip()}")
+        found += age_key_paths(repo.top, "--", *literal(chunk), cached=True, label=repo.label)
     return found
 
 

@@ -9,10 +9,9 @@ from datetime import datetime, timedelta
 from itsup.errors import UsageError
 from itsup.git import Repo
 from itsup.layout import Layout
-from itsup.repos import TAG_FORMAT, TAG_PREFIX, chunks, find_repos, remote_name
+from itsup.repos import SNAPSHOT_LOGGER, TAG_FORMAT, TAG_PREFIX, chunks, find_repos, remote_name
 
-# The snapshot verbs share one logger: the host log names them all "itsup.snapshot".
-log = logging.getLogger("itsup.snapshot")
+log = logging.getLogger(SNAPSHOT_LOGGER)
 
 
 @dataclass

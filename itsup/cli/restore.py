@@ -12,7 +12,7 @@ from itsup.cli.output import byte_progress, err, human_bytes, interactive, notic
 from itsup.errors import UsageError
 
 if TYPE_CHECKING:
-    from itsup.actions.restore import GenerationDamaged, RestorePlan
+    from itsup.actions.restore import GenerationDamaged, RestoreOptions, RestorePlan
 
 
 @click.command()
@@ -80,15 +80,9 @@ def restore(
     followed) and named. Into the host root, the host lock is held (exit 11
     while a backup or another restore runs); --to elsewhere needs no lock.
     """
-    from itsup.actions.restore import restore_with_fallback
+    from itsup.actions.restore import RestoreOptions, restore_with_fallback
 
-    _check_arguments(
-        ctx, what, path, generation, fallback, allow_external_links, refuse_external_links
-    )
-    host = open_host(ctx)
-    show = interactive()
-    outcome = restore_with_fallback(
-        host,
+    options = RestoreOptions(
         what,
         path=path,
         generation=generation,
@@ -97,6 +91,13 @@ def restore(
         refuse_external_links=refuse_external_links,
         dry_run=dry_run,
         fallback=fallback,
+    )
+    _check_arguments(ctx, options, allow_external_links)
+    host = open_host(ctx)
+    show = interactive()
+    outcome = restore_with_fallback(
+        host,
+        options,
         on_skip=_skipped,
         confirm=lambda plan: _confirm(plan, yes),
         progress=lambda plan: byte_progress("restore", plan.manifest.source_bytes, show),
@@ -117,13 +118,7 @@ def restore(
 
 
 def _check_arguments(
-    ctx: click.Context,
-    what: str | None,
-    path: str | None,
-    generation: str | None,
-    fallback: bool,
-    allow_external_links: bool,
-    refuse_external_links: bool,
+    ctx: click.Context, options: RestoreOptions, allow_external_links: bool
 ) -> None:
     """Usage errors found from the arguments alone: before any storage is read.
 
@@ -134,20 +129,20 @@ def _check_arguments(
     from itsup.errors import ConfigError
     from itsup.layout import find_root
 
-    if what is None and path is None:  # never an implicit "everything"
+    if options.what is None and options.path is None:  # never an implicit "everything"
         try:
             layout = find_root(ctx.obj["root"])
         except ConfigError:
             layout = None
         raise no_scope(layout)
-    if fallback and generation:
+    if options.fallback and options.generation:
         raise UsageError(
             "--fallback cannot be combined with --from: a named generation is never "
             "replaced by another one",
             hint="drop --from to restore the newest intact generation, or --fallback to "
             "restore exactly the one named",
         )
-    if allow_external_links and refuse_external_links:
+    if allow_external_links and options.refuse_external_links:
         raise UsageError(
             "--allow-external-links and --refuse-external-links contradict each other",
             hint="links pointing outside are restored as links by default; keep "

@@ -9,7 +9,6 @@ that looks like a complete generation, nothing that blocks the next run).
 from __future__ import annotations
 
 import contextlib
-import fcntl
 import hashlib
 import io
 import os
@@ -28,12 +27,14 @@ import pytest
 from helpers import (
     ACME,
     ITSUP,
+    LOCK_FILE,
     HostFactory,
     MiB,
     Store,
     generations,
     itsup,
     leftovers,
+    lock_held,
     make_host,
     read_index,
     read_manifest,
@@ -293,16 +294,12 @@ def test_target_full_mid_backup_fails_cleanly(tmp_path: Path, bulk: list[Path]) 
 def test_lock_held_second_backup_exits_11(tmp_path: Path) -> None:
     store = setup_host(tmp_path / "host", "local", None, "")
     root = store.root
-    fd = os.open(root / ".itsup-backup.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    with lock_held(root):
         started = time.monotonic()
         res = itsup(root, "backup", expect=ExitCode.LOCKED)
         assert time.monotonic() - started < 15
         assert "another itsup backup or restore is running" in res.err
         assert store.names() == [], "a locked-out run must not write anything"
-    finally:
-        os.close(fd)
     itsup(root, "backup")
     assert len(generations(root)) == 1
 
@@ -323,7 +320,7 @@ def test_running_backup_holds_the_lock(tmp_path: Path, blackhole: int) -> None:
     root = tmp_path / "host"
     s3_host(root, f"http://127.0.0.1:{blackhole}")
     first = start_backup(root)
-    lock = root / ".itsup-backup.lock"
+    lock = root / LOCK_FILE
     wait_until(
         lambda: lock.exists() and f"pid {first.pid} " in lock.read_text(),
         first,

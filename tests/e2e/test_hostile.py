@@ -27,10 +27,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from helpers import Result, make_host, run_itsup, write_config
+from helpers import Result, make_host, make_manifest, run_itsup, write_config
 
 from itsup import __version__
-from itsup.actions.restore import plan_restore, run_restore
+from itsup.actions.restore import RestoreOptions, plan_restore, run_restore
 from itsup.errors import IntegrityError
 from itsup.host import open_host
 from itsup.manifest import Entry, IndexWriter, Manifest, ObjectRef
@@ -156,28 +156,23 @@ def publish(
     index_key = f"{PREFIX}{generation}.index.jsonl.gz"
     target.put(index_key, index)
     files = [e for e in entries if e.type == "file"]
-    manifest = Manifest(
+    manifest = make_manifest(
         generation=generation,
         host="hostile-test",
         root=str(target_dir),
         started="2025-01-15T03:00:00+00:00",
         finished="2025-01-15T03:00:01+00:00",
-        duration_seconds=1.0,
         archive=ObjectRef(
             archive_key,
             archive_size if archive_size is not None else len(archive),
             archive_sha256 or hashlib.sha256(archive).hexdigest(),
         ),
         index=ObjectRef(index_key, len(index), hashlib.sha256(index).hexdigest()),
-        compression="gzip",
-        encryption=None,
-        roots=["upstream", "proxy"],
         include_volumes=False,
         files=len(files),
         dirs=sum(1 for e in entries if e.type == "dir"),
         symlinks=sum(1 for e in entries if e.type == "symlink"),
         source_bytes=sum(e.size for e in files),
-        partial=False,
         tool_version=__version__,
     )
     target.put(f"{PREFIX}{generation}.manifest.json", manifest.to_bytes())
@@ -419,7 +414,7 @@ def test_hostile_archive_stream_is_refused(world: World, case: str) -> None:
             m.index = False
     publish_members(world.target, members)
     before = snapshot(world.tmp, skip=world.target)
-    plan = plan_restore(open_host(str(world.root)), "all", to=str(world.dest))
+    plan = plan_restore(open_host(str(world.root)), RestoreOptions("all", to=str(world.dest)))
     with pytest.raises(IntegrityError) as err:
         run_restore(plan)
     assert err.value.exit_code == 5

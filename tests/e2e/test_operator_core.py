@@ -8,23 +8,26 @@ local target and the real S3-compatible server.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
-from helpers import make_host, run_itsup, s3_config, s3_secrets, write_config
+from helpers import (
+    lock_held,
+    make_host,
+    make_manifest,
+    run_itsup,
+    s3_config,
+    s3_secrets,
+    write_config,
+)
 from s3server import S3Server
 from test_notify_metrics import Hook, hook  # noqa: F401  (the loopback webhook fixture)
 
 from itsup.actions.backup import ShrinkRefused, check_shrink
 from itsup.errors import ExitCode
-from itsup.manifest import Manifest, ObjectRef
 from itsup.pipeline.archive import Stats
 
 LOCAL = "backup:\n  include_volumes: true\n"
@@ -174,31 +177,6 @@ def test_refused_backup_sends_a_failure_alert(tmp_path: Path, hook: Hook) -> Non
     assert [r.path for r in hook.seen("/ping/abc")] == ["/ping/abc/start", "/ping/abc/fail"]
 
 
-def _manifest(files: int, source_bytes: int) -> Manifest:
-    ref = ObjectRef("k", 1, "0" * 64)
-    return Manifest(
-        generation="backup-2026-01-01-000000",
-        host="h",
-        root="/srv",
-        started="2026-01-01T00:00:00+00:00",
-        finished="2026-01-01T00:00:01+00:00",
-        duration_seconds=1.0,
-        archive=ref,
-        index=ref,
-        compression="gzip",
-        encryption=None,
-        roots=["upstream"],
-        include_volumes=True,
-        files=files,
-        dirs=0,
-        symlinks=0,
-        source_bytes=source_bytes,
-        partial=False,
-        problems=[],
-        tool_version="0",
-    )
-
-
 @pytest.mark.parametrize(
     ("files", "size", "ref", "ratio", "refused"),
     [
@@ -218,7 +196,7 @@ def test_shrink_rule(
 ) -> None:
     stats = Stats()
     stats.files, stats.bytes = files, size
-    reference = _manifest(*ref) if ref else None
+    reference = make_manifest(files=ref[0], source_bytes=ref[1]) if ref else None
     if refused:
         with pytest.raises(ShrinkRefused):
             check_shrink(stats, reference, ratio, "there", "upstream/ and proxy/")
@@ -297,16 +275,6 @@ def test_a_key_that_does_not_match_is_exit_4_everywhere(tmp_path: Path) -> None:
 
 
 # -- 5. lock contention is not a failure -----------------------------------------------
-
-
-@contextmanager
-def lock_held(root: Path) -> Iterator[None]:
-    fd = os.open(root / ".itsup-backup.lock", os.O_RDWR | os.O_CREAT, 0o600)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        yield
-    finally:
-        os.close(fd)
 
 
 def test_locked_out_backup_sends_no_alert_and_no_ping(tmp_path: Path, hook: Hook) -> None:  # noqa: F811

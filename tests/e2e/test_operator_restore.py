@@ -13,22 +13,22 @@
 
 from __future__ import annotations
 
-import fcntl
 import json
 import os
 import signal
 import subprocess
 import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 from helpers import (
     ACME,
+    LOCK_FILE,
     HostFactory,
     generations,
     itsup,
     leftovers,
+    lock_held,
     make_host,
     read_manifest,
     run_itsup,
@@ -301,48 +301,30 @@ def test_restore_to_inside_upstream_or_proxy_is_refused(tmp_path: Path) -> None:
 # -- the host lock ---------------------------------------------------------------------------
 
 
-@pytest.fixture
-def held_lock(tmp_path: Path) -> Iterator[Callable[[Path, str], None]]:
-    """Hold a host root's lock from the test, as a running backup would."""
-    fds: list[int] = []
-
-    def hold(root: Path, record: str) -> None:
-        fd = os.open(root / ".itsup-backup.lock", os.O_RDWR | os.O_CREAT, 0o600)
-        fds.append(fd)
-        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, record.encode(), 0)
-
-    yield hold
-    for fd in fds:
-        os.close(fd)
-
-
 def test_restore_into_the_live_root_waits_for_no_backup(
-    new_host: HostFactory, tmp_path: Path, held_lock: Callable[[Path, str], None]
+    new_host: HostFactory, tmp_path: Path
 ) -> None:
     store = new_host()
     root = store.root
     itsup(root, "backup")
     (root / ACME).write_text("{lost}")
     before = tree_state(root)
-    held_lock(root, "backup pid 4242 on web1 since 2026-01-15T03:00:00Z\n")
+    with lock_held(root, "backup pid 4242 on web1 since 2026-01-15T03:00:00Z\n"):
+        for args in (("all", "--yes"), ("--path", ACME, "--yes"), ("proxy", "--yes", "--to", root)):
+            started = time.monotonic()
+            res = itsup(root, "restore", *args, expect=ExitCode.LOCKED)
+            assert time.monotonic() - started < 20, "a locked-out restore must fail fast"
+            assert "another itsup backup or restore is running for this host root" in res.err
+            assert "backup pid 4242 on web1" in res.err
+            assert tree_state(root) == before
+            assert leftovers(root) == []
 
-    for args in (("all", "--yes"), ("--path", ACME, "--yes"), ("proxy", "--yes", "--to", root)):
-        started = time.monotonic()
-        res = itsup(root, "restore", *args, expect=ExitCode.LOCKED)
-        assert time.monotonic() - started < 20, "a locked-out restore must fail fast"
-        assert "another itsup backup or restore is running for this host root" in res.err
-        assert "backup pid 4242 on web1" in res.err
+        # Meanwhile: a dry run, and a restore elsewhere, need no lock.
+        assert f"~ {ACME}" in itsup(root, "restore", "proxy", "--dry-run").out
+        out = tmp_path / "elsewhere"
+        itsup(root, "restore", "all", "--to", out)
+        assert (out / ACME).read_text().startswith('{"letsencrypt"')
         assert tree_state(root) == before
-        assert leftovers(root) == []
-
-    # Meanwhile: a dry run, and a restore elsewhere, need no lock.
-    assert f"~ {ACME}" in itsup(root, "restore", "proxy", "--dry-run").out
-    out = tmp_path / "elsewhere"
-    itsup(root, "restore", "all", "--to", out)
-    assert (out / ACME).read_text().startswith('{"letsencrypt"')
-    assert tree_state(root) == before
 
 
 def two_target_host(root: Path, port: int) -> None:
@@ -360,7 +342,7 @@ def two_target_host(root: Path, port: int) -> None:
 
 
 def wait_for_lock(root: Path, proc: subprocess.Popen[str], record: str) -> None:
-    lock = root / ".itsup-backup.lock"
+    lock = root / LOCK_FILE
     deadline = time.monotonic() + 60
     while time.monotonic() < deadline:
         if lock.exists() and lock.read_text().startswith(record):

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from helpers import make_manifest
 
 from itsup.agekeys import pyrage_module
 from itsup.errors import ConfigError, IntegrityError
@@ -25,25 +26,15 @@ def make_tree(root: Path) -> None:
     (root / "proxy/traefik/acme.json").write_text("{}\n")
 
 
+GENERATION = "backup-2026-01-15-030000"
+
+
 def manifest(codec: str, encrypted: bool, size: int = 0, sha256: str = "") -> Manifest:
-    return Manifest(
-        generation="backup-2026-01-15-030000",
-        host="h",
-        root="/r",
-        started="",
-        finished="",
-        duration_seconds=0.0,
-        archive=ObjectRef("itsup/backup-2026-01-15-030000.tar.gz", size, sha256),
-        index=ObjectRef("itsup/backup-2026-01-15-030000.index.jsonl.gz", 0, ""),
+    return make_manifest(
+        generation=GENERATION,
+        archive=ObjectRef(f"itsup/{GENERATION}.tar.gz", size, sha256),
         compression=codec,
         encryption={"scheme": "age", "recipients": []} if encrypted else None,
-        roots=["upstream", "proxy"],
-        include_volumes=True,
-        files=0,
-        dirs=0,
-        symlinks=0,
-        source_bytes=0,
-        partial=False,
     )
 
 

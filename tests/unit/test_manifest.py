@@ -7,38 +7,15 @@ from __future__ import annotations
 import json
 
 import pytest
+from helpers import make_manifest
 
 from itsup.errors import IntegrityError
-from itsup.manifest import FORMAT, Entry, Manifest, NewerFormat, ObjectRef
-
-
-def manifest(**extra: object) -> Manifest:
-    ref = ObjectRef("itsup/backup-2026-01-01-000000.tar.gz", 10, "0" * 64)
-    return Manifest(
-        generation="backup-2026-01-01-000000",
-        host="h",
-        root="/srv/host",
-        started="2026-01-01T00:00:00+00:00",
-        finished="2026-01-01T00:00:05+00:00",
-        duration_seconds=5.0,
-        archive=ref,
-        index=ref,
-        compression="gzip",
-        encryption=None,
-        roots=["upstream", "proxy"],
-        include_volumes=True,
-        files=3,
-        dirs=1,
-        symlinks=0,
-        source_bytes=100,
-        partial=False,
-        **extra,  # type: ignore[arg-type]
-    )
+from itsup.manifest import FORMAT, Entry, Manifest, NewerFormat
 
 
 def test_round_trip_keeps_the_reserved_fields() -> None:
     dumps = [{"project": "blog", "service": "db", "adapter": "postgres", "size": 5}]
-    m = manifest(parent="backup-2025-12-31-000000", dumps=dumps)
+    m = make_manifest(parent="backup-2025-12-31-000000", dumps=dumps)
     back = Manifest.from_bytes(m.to_bytes(), "m")
     assert back == m
     assert back.parent == "backup-2025-12-31-000000" and back.dumps == dumps
@@ -47,20 +24,20 @@ def test_round_trip_keeps_the_reserved_fields() -> None:
 
 
 def test_a_full_backup_has_no_parent_and_no_dumps() -> None:
-    raw = json.loads(manifest().to_bytes())
+    raw = json.loads(make_manifest().to_bytes())
     assert raw["parent"] is None and raw["dumps"] == []
 
 
 def test_keys_a_later_itsup_adds_are_ignored() -> None:
-    raw = json.loads(manifest().to_bytes())
+    raw = json.loads(make_manifest().to_bytes())
     raw["chunking"] = {"algorithm": "fastcdc"}
     back = Manifest.from_bytes(json.dumps(raw).encode(), "m")
-    assert back == manifest()
+    assert back == make_manifest()
 
 
 @pytest.mark.parametrize("fmt", ["itsup-backup/2", "itsup-backup/10"])
 def test_a_newer_major_version_is_refused_with_upgrade_advice(fmt: str) -> None:
-    raw = json.loads(manifest().to_bytes())
+    raw = json.loads(make_manifest().to_bytes())
     raw["format"] = fmt
     with pytest.raises(NewerFormat) as info:
         Manifest.from_bytes(json.dumps(raw).encode(), "m.json")
@@ -70,7 +47,7 @@ def test_a_newer_major_version_is_refused_with_upgrade_advice(fmt: str) -> None:
 
 @pytest.mark.parametrize("fmt", [None, "restic/1", "itsup-backup/x", "itsup-backup"])
 def test_something_else_is_not_a_manifest(fmt: object) -> None:
-    raw = json.loads(manifest().to_bytes())
+    raw = json.loads(make_manifest().to_bytes())
     raw["format"] = fmt
     with pytest.raises(IntegrityError, match="unknown manifest format"):
         Manifest.from_bytes(json.dumps(raw).encode(), "m.json")
