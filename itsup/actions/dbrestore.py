@@ -20,7 +20,7 @@ from typing import Any
 
 from itsup.compose import compose_command, find_compose_file, load_services
 from itsup.dbconfig import Database
-from itsup.dumps.engines import ENGINES, Engine
+from itsup.dumps.engines import Engine
 from itsup.dumps.plan import Job, Secrets, plan_project
 from itsup.dumps.runner import DumpError
 from itsup.errors import ItsupError
@@ -91,7 +91,7 @@ def _jobs(host: Host, project: str) -> dict[str, Job]:
 
 def _engine_from(host: Host, record: dict[str, Any]) -> Engine:
     """The engine of a dump whose project no longer lists it: its service, as recorded."""
-    from itsup.dumps.plan import _job, ProjectPlan
+    from itsup.dumps.plan import ProjectPlan, _job
 
     project, adapter = str(record["project"]), str(record["adapter"])
     folder = host.layout.upstream / project
