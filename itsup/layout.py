@@ -17,6 +17,12 @@ PROJECT_FILES = ("docker-compose.yml", "ingress.yml")
 DUMP_FOLDER = "_backup"
 
 
+def is_dump_path(path: str) -> bool:
+    """Whether an archive path is a database dump (or their folder): upstream/{p}/_backup/..."""
+    parts = path.split("/", 3)
+    return len(parts) >= 3 and parts[0] == "upstream" and parts[2] == DUMP_FOLDER
+
+
 @dataclass(frozen=True)
 class Layout:
     """Paths of one host root."""

@@ -21,11 +21,10 @@ from typing import Any
 from itsup.compose import compose_command, find_compose_file, load_services
 from itsup.dbconfig import Database
 from itsup.dumps.engines import Engine
-from itsup.dumps.plan import Job, Secrets, plan_project
+from itsup.dumps.plan import Job, ProjectPlan, Secrets, job_for, plan_project
 from itsup.dumps.runner import DumpError
 from itsup.errors import ItsupError
 from itsup.host import Host
-from itsup.layout import DUMP_FOLDER
 from itsup.manifest import Manifest
 
 log = logging.getLogger("itsup.restore")
@@ -52,12 +51,6 @@ class DumpLoad:
             name = str(record["file"]).rsplit("/", 1)[1]
             out.append((name, record.get("database"), folder / self.project / name))
         return out
-
-
-def is_dump(path: str) -> bool:
-    """Whether an archive path is a database dump (upstream/{project}/_backup/...)."""
-    parts = path.split("/")
-    return len(parts) >= 3 and parts[0] == "upstream" and parts[2] == DUMP_FOLDER
 
 
 def dump_records(manifest: Manifest, selects: Callable[[str], bool]) -> list[dict[str, Any]]:
@@ -91,7 +84,6 @@ def _jobs(host: Host, project: str) -> dict[str, Job]:
 
 def _engine_from(host: Host, record: dict[str, Any]) -> Engine:
     """The engine of a dump whose project no longer lists it: its service, as recorded."""
-    from itsup.dumps.plan import ProjectPlan, _job
 
     project, adapter = str(record["project"]), str(record["adapter"])
     folder = host.layout.upstream / project
@@ -105,7 +97,7 @@ def _engine_from(host: Host, record: dict[str, Any]) -> Engine:
     plan.compose = compose_command() if db.service else None
     secrets = Secrets(host.layout, project, host.secrets)
     cfg = host.config.backup
-    return _job(plan, db, services.get(db.service or ""), secrets, cfg.dump_idle_timeout).engine
+    return job_for(plan, db, services.get(db.service or ""), secrets, cfg.dump_idle_timeout).engine
 
 
 def check_running(loads: list[DumpLoad]) -> None:

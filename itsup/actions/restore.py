@@ -36,7 +36,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
+from itsup.actions.dbrestore import DumpLoad, check_running, dump_records, load_all, plan_loads
 from itsup.agekeys import default_identity_file, load_identities
+from itsup.dumps.run import clear_spool, spool_path
 from itsup.errors import (
     IntegrityError,
     ItsupError,
@@ -47,7 +49,7 @@ from itsup.errors import (
 from itsup.generation import LATEST, Generation, location, scan, select_generation
 from itsup.host import Host
 from itsup.index import load_index
-from itsup.layout import STATE_DIRS, Layout
+from itsup.layout import DUMP_FOLDER, STATE_DIRS, Layout, is_dump_path
 from itsup.lock import host_lock
 from itsup.manifest import Entry, Manifest, read_index
 from itsup.pipeline.codec import decode
@@ -110,12 +112,25 @@ class Scope:
 
     prefix: str
     label: str
+    # Database dumps (upstream/{project}/_backup/): "with" the rest, "without"
+    # them (--no-databases), or "only" them (--databases-only).
+    dumps: str = "with"
 
-    def selects(self, path: str) -> bool:
+    def _under(self, path: str) -> bool:
         return not self.prefix or path == self.prefix or path.startswith(self.prefix + "/")
 
+    def selects(self, path: str) -> bool:
+        if self.dumps != "with" and is_dump_path(path) != (self.dumps == "only"):
+            return False
+        return self._under(path)
+
     def ancestor(self, path: str) -> bool:
-        return bool(self.prefix) and self.prefix.startswith(path + "/")
+        above = bool(self.prefix) and self.prefix.startswith(path + "/")
+        if self.dumps != "only" or above:
+            return above
+        # Only dumps: the folders they sit in, upstream/ and upstream/{project}/.
+        project = path.startswith("upstream/") and path.count("/") == 1
+        return path == "upstream" or (project and self._under(path))
 
     def writes(self, path: str) -> bool:
         """Whether a restore of this scope writes `path` (selected, or a folder above it)."""
@@ -197,6 +212,10 @@ class RestoreOptions:
     refuse_external_links: bool = False  # refuse symlinks pointing outside, not create them
     dry_run: bool = False  # restore_with_fallback only plans
     fallback: bool = False  # restore_with_fallback passes over damaged generations
+    # Database dumps: "load" them into the running engines (into the host root;
+    # --to only extracts them), "skip" them (--no-databases), or load "only"
+    # them (--databases-only).
+    databases: str = "load"
 
 
 @dataclass
@@ -219,6 +238,8 @@ class RestorePlan:
     reader: BinaryIO | None = None  # the archive, already downloading (see plan_restore)
     # Symlinks in the scope that point outside the destination, (path, target).
     external: list[tuple[str, str]] = field(default_factory=list)
+    # Database dumps loaded into the running engines after the files (live root only).
+    loads: list[DumpLoad] = field(default_factory=list)
     lock_file: Path | None = None  # the host lock, held while restoring into the live root
     held: contextlib.ExitStack | None = None  # the lock, when taken (see plan_restore)
 
@@ -252,6 +273,8 @@ class RestoreResult:
     archive_bytes: int
     # Symlinks restored as links that point outside the destination, (path, target).
     external_links: list[tuple[str, str]] = field(default_factory=list)
+    # Engines whose dumps were loaded (project/service), in order.
+    databases: list[str] = field(default_factory=list)
 
 
 def describe_links(links: list[tuple[str, str]], limit: int = 10) -> str:
@@ -312,6 +335,7 @@ def plan_restore(
     dest = destination(host.layout, options.to)
     generation = options.generation
     live = dest == host.layout.root
+    scope = _with_dumps(scope, options.databases)
     held = contextlib.ExitStack()
     if hold_lock and live:
         _take_lock(held, host.layout.lock_file)
@@ -346,12 +370,40 @@ def plan_restore(
             held=held if hold_lock and live else None,
         )
         _work_out_changes(plan)
+        if live and options.databases != "skip":
+            _plan_loads(host, plan)
     except BaseException:
         if early is not None:
             early.close()
         held.close()
         raise
     return plan
+
+
+def _with_dumps(scope: Scope, databases: str) -> Scope:
+    """The scope with the dumps in, out, or alone, as `--no-databases` and
+    `--databases-only` ask (into another folder they are extracted as files)."""
+    if databases not in ("load", "skip", "only"):
+        raise UsageError(f"databases={databases!r}: expected load, skip or only")
+    mode = {"load": "with", "skip": "without", "only": "only"}[databases]
+    if mode == "with":
+        return scope
+    label = f"{scope.label}, {'database dumps only' if mode == 'only' else 'without databases'}"
+    return Scope(scope.prefix, label, mode)
+
+
+def _plan_loads(host: Host, plan: RestorePlan) -> None:
+    """The engines the dumps in scope load into; each must answer before anything changes."""
+    records = dump_records(plan.manifest, plan.scope.selects)
+    if plan.options.databases == "only" and not records:
+        raise UsageError(
+            f"{plan.manifest.generation} holds no database dumps for {plan.scope.label}"
+        )
+    plan.loads = plan_loads(host, records)
+    # Into the live root the dumps are loaded, never written as files.
+    plan.changes = [c for c in plan.changes if not is_dump_path(c.path)]
+    if plan.loads and not plan.options.dry_run:
+        check_running(plan.loads)
 
 
 def destination(layout: Layout, to: str | None) -> Path:
@@ -569,6 +621,8 @@ def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> Resto
         except OSError as exc:
             raise _write_error(plan.dest, exc, "preparing the restore") from None
         extractor, stats = _stage(plan, staging, on_bytes)
+        if plan.lock_file is not None:  # the live root: dumps are loaded, never left as files
+            _set_dumps_aside(staging, spool_path(plan.dest))
         # The swap takes its steps through this module's names (os.rename, os.link,
         # exchange), so a test can stop a real restore at any one of them
         # (tests/test_crash.py).
@@ -579,9 +633,28 @@ def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> Resto
             raise _write_error(
                 plan.dest, exc, "moving the restored files into place (every change was undone)"
             ) from None
+        loaded = load_all(plan.loads, spool_path(plan.dest)) if plan.loads else []
     finally:
         _clean_up(staging, aside)
-    return _finish(plan, extractor, stats, time.monotonic() - started)
+        if plan.lock_file is not None:
+            clear_spool(plan.dest)
+    result = _finish(plan, extractor, stats, time.monotonic() - started)
+    result.databases = loaded
+    return result
+
+
+def _set_dumps_aside(staging: Path, spool: Path) -> None:
+    """Move the staged dump folders (upstream/*/_backup) out of what the swap puts in
+    place, into the private spool (0700) the loads read them from."""
+    clear_spool(spool.parent.parent)
+    upstream = staging / "upstream"
+    folders = sorted(upstream.glob(f"*/{DUMP_FOLDER}")) if upstream.is_dir() else []
+    if not folders:
+        return
+    os.makedirs(spool.parent, 0o700, exist_ok=True)
+    os.mkdir(spool, 0o700)
+    for folder in folders:
+        os.rename(folder, spool / folder.parent.name)
 
 
 def _stage(

@@ -48,6 +48,17 @@ if TYPE_CHECKING:
     "missing), restore the next older complete one instead, and so on; each skipped "
     "generation is named on stderr. Not with --from: a named generation is never replaced.",
 )
+@click.option(
+    "--no-databases",
+    is_flag=True,
+    help="Leave the database dumps out: restore files only, load nothing.",
+)
+@click.option(
+    "--databases-only",
+    is_flag=True,
+    help="Only the database dumps: load them into the running engines (with --to, "
+    "extract them there), change no other file.",
+)
 @TARGET
 @click.pass_context
 def restore(
@@ -61,6 +72,8 @@ def restore(
     refuse_external_links: bool,
     allow_external_links: bool,
     fallback: bool,
+    no_databases: bool,
+    databases_only: bool,
     target_choice: str | None,
 ) -> None:
     """Restore state from a backup generation (stage, verify, then swap into place).
@@ -71,6 +84,7 @@ def restore(
     itsup restore PROJECT                  upstream/PROJECT (and its volumes if backed up)
     itsup restore --path proxy/traefik/acme.json
     itsup restore all --fallback           newest generation that passes every check
+    itsup restore PROJECT --databases-only load its database dumps, nothing else
 
     \b
     Say what to restore: with none of these it stops (exit 2). A damaged
@@ -79,6 +93,11 @@ def restore(
     Symlinks pointing outside the tree are created as links (never
     followed) and named. Into the host root, the host lock is held (exit 11
     while a backup or another restore runs); --to elsewhere needs no lock.
+
+    \b
+    Database dumps (upstream/PROJECT/_backup/) are loaded into the running
+    engines after the files, replacing their data (each engine must answer
+    first, or nothing is changed); with --to they are extracted as files.
     """
     from itsup.actions.restore import RestoreOptions, restore_with_fallback
 
@@ -91,7 +110,10 @@ def restore(
         refuse_external_links=refuse_external_links,
         dry_run=dry_run,
         fallback=fallback,
+        databases="skip" if no_databases else "only" if databases_only else "load",
     )
+    if no_databases and databases_only:
+        raise UsageError("--no-databases and --databases-only contradict each other")
     _check_arguments(ctx, options, allow_external_links)
     host = open_host(ctx)
     show = interactive()
@@ -115,6 +137,8 @@ def restore(
             f"restored {plan.scope.label} from {result.generation} into {result.dest}: "
             f"{result.files} files, {human_bytes(result.bytes)} in {result.seconds:.1f} s",
         )
+        if result.databases:
+            out.print(f"loaded database dumps into: {', '.join(result.databases)}")
 
 
 def _check_arguments(
@@ -176,6 +200,9 @@ def _show_dry_run(plan: RestorePlan) -> None:
     if lines:  # one write: rich per line costs seconds on a large tree
         click.echo("\n".join(lines))
     out.print(f"dry run: {_summary(plan)}")
+    for load in plan.loads:
+        names = [str(r.get("database") or r["file"].rsplit("/", 1)[1]) for r in load.records]
+        out.print(f"dry run: would load into {load.name} ({load.adapter}): {', '.join(names)}")
 
 
 def _summary(plan: RestorePlan) -> str:
@@ -189,15 +216,27 @@ def _summary(plan: RestorePlan) -> str:
 
 
 def _confirm(plan: RestorePlan, yes: bool) -> None:
-    """Ask before overwriting existing paths; without a terminal, refuse (exit 2)."""
-    if not plan.overwrites or yes:
+    """Ask before overwriting existing paths or replacing databases; without a
+    terminal, refuse (exit 2)."""
+    if not (plan.overwrites or plan.loads) or yes:
         return
+    engines = ", ".join(load.name for load in plan.loads)
+    replacing = f"replace the data of {engines}" if engines else ""
     if not sys.stdin.isatty():
+        what = (
+            [f"overwrite {plan.overwrites} existing path(s) in {plan.dest}"]
+            if plan.overwrites
+            else []
+        )
         raise UsageError(
-            f"restore would overwrite {plan.overwrites} existing path(s) in {plan.dest}",
+            f"restore would {' and '.join(what + ([replacing] if replacing else []))}",
             hint="re-run with --yes, or look first with --dry-run",
         )
-    click.confirm(f"{_summary(plan)}. Overwrite?", abort=True, err=True)
+    if replacing:
+        question = f"{_summary(plan)}; and {replacing} with the dumps. Go on?"
+    else:
+        question = f"{_summary(plan)}. Overwrite?"
+    click.confirm(question, abort=True, err=True)
 
 
 def _note_external(links: list[tuple[str, str]], done: str) -> None:

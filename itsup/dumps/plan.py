@@ -205,7 +205,7 @@ def plan_project(
                 f"{config_file}: service {db.service!r} is not in {compose_file} "
                 f"(it has: {', '.join(services) or 'none'})"
             )
-        plan.jobs.append(_job(plan, db, service, secrets, config.idle_timeout or idle_timeout))
+        plan.jobs.append(job_for(plan, db, service, secrets, config.idle_timeout or idle_timeout))
     plan.excludes = _excludes(plan, config, services, layout)
     for service in services.values():
         if service.engine == "mongo" and not any(j.service == service.name for j in plan.jobs):
@@ -232,7 +232,7 @@ def _discover(services: dict[str, Service]) -> list[Database]:
     return found
 
 
-def _job(
+def job_for(
     plan: ProjectPlan, db: Database, service: Service | None, secrets: Secrets, idle: float
 ) -> Job:
     adapter = db.adapter
