@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from itsup.compose import compose_command, find_compose_file, load_services
+from itsup.compose import Service, compose_command, find_compose_file, load_services, resolve
 from itsup.dbconfig import Database
 from itsup.dumps.engines import Engine
 from itsup.dumps.plan import Job, ProjectPlan, Secrets, job_for, plan_project
@@ -44,12 +44,15 @@ class DumpLoad:
     def name(self) -> str:
         return f"{self.project}/{self.label}"
 
-    def files(self, folder: Path) -> list[tuple[str, str | None, Path]]:
-        """(file name, database, path) below `folder` (which holds {project}/{file})."""
+    def files(self, folder: Path, tree: bool = False) -> list[tuple[str, str | None, Path]]:
+        """(file name, database, path) of each dump: below `folder` as the spool holds
+        them ({project}/{file}), or with `tree` as a restored tree does (the archive path)."""
         out = []
         for record in self.records:
-            name = str(record["file"]).rsplit("/", 1)[1]
-            out.append((name, record.get("database"), folder / self.project / name))
+            file = str(record["file"])
+            name = file.rsplit("/", 1)[1]
+            path = folder / file if tree else folder / self.project / name
+            out.append((name, record.get("database"), path))
         return out
 
 
@@ -98,6 +101,12 @@ def _engine_from(host: Host, record: dict[str, Any]) -> Engine:
     secrets = Secrets(host.layout, project, host.secrets)
     cfg = host.config.backup
     return job_for(plan, db, services.get(db.service or ""), secrets, cfg.dump_idle_timeout).engine
+
+
+def service_environment(host: Host, project: str, service: Service) -> dict[str, str]:
+    """The service's environment with `${VAR}` resolved from the project's secrets."""
+    secrets = Secrets(host.layout, project, host.secrets)
+    return {k: resolve(v, secrets.lookup)[0] for k, v in service.environment.items()}
 
 
 def check_running(loads: list[DumpLoad]) -> None:

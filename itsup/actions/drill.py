@@ -35,7 +35,10 @@ from pathlib import Path
 from typing import Any
 
 from itsup import __version__
+from itsup.actions.dbrestore import DumpLoad, plan_loads, service_environment
 from itsup.actions.restore import RestoreOptions, describe_links, plan_restore, run_restore
+from itsup.compose import Service, find_compose_file, load_services
+from itsup.dumps.sandbox import load_in_throwaway
 from itsup.errors import (
     ConfigError,
     ExitCode,
@@ -50,7 +53,12 @@ from itsup.manifest import Entry, Manifest
 
 log = logging.getLogger("itsup.drill")
 CHUNK = 1 << 20
-MAX_LISTED = 20  # failing paths listed one by one in the report; the rest are counted
+MAX_LISTED = 20
+SANDBOXED = (
+    "postgres",
+    "mariadb",
+    "mysql",
+)  # engines the drill loads dumps into  # failing paths listed one by one in the report; the rest are counted
 
 
 @dataclass
@@ -84,6 +92,8 @@ class DrillResult:
     archive_bytes: int = 0
     restored: dict[str, int] = field(default_factory=dict)
     checks: list[DrillCheck] = field(default_factory=list)
+    # Dumps loaded into throwaway engines: tables and rows per database.
+    databases: list[dict[str, Any]] = field(default_factory=list)
     workdir: str | None = None  # the temporary root, when kept
     report: str | None = None
     report_problem: str | None = None
@@ -136,6 +146,7 @@ class DrillResult:
             "archive_bytes": self.archive_bytes,
             "restored": self.restored,
             "checks": [asdict(c) for c in self.checks],
+            "databases": self.databases,
             "failed": len(self.failed),
             "workdir": self.workdir,
             "tool_version": __version__,
@@ -282,7 +293,7 @@ def _restore_and_check(
             f"{tree.entries} paths ({tree.files} files, {tree.bytes} bytes) match the file "
             "index: type, size, mode, SHA-256, symlink target",
         )
-        return None
+        return _check_dumps(host, result, root, manifest)
     first_path, first_problem = tree.problems[0]
     result.add(
         "restored tree",
@@ -297,6 +308,60 @@ def _restore_and_check(
         f"index, e.g. {first_path}: {first_problem}",
         hint="the generation cannot be trusted for a restore; take a new backup",
     )
+
+
+def _check_dumps(
+    host: Host, result: DrillResult, root: Path, manifest: Manifest
+) -> ItsupError | None:
+    """Load each PostgreSQL and MariaDB/MySQL dump into a throwaway container of its
+    service's own image, and count tables and rows; a dump that does not load fails."""
+    records = [r for r in manifest.dumps if r.get("result") == "ok"]
+    if not records:
+        return None
+    failed: list[str] = []
+    for load in plan_loads(host, records):
+        item = f"database {load.name}"
+        if load.adapter not in SANDBOXED:
+            result.add(
+                item, "info", f"{load.adapter} dump restored and checked by SHA-256 (not loaded)"
+            )
+            continue
+        service = _restored_service(root, load)
+        if service is None or not load.engine.client.in_container:
+            result.add(
+                item, "skipped", "not run in a container of the project: nothing to load it into"
+            )
+            continue
+        env = {**service_environment(host, load.project, service), **load.engine.client.env}
+        try:
+            loaded = load_in_throwaway(service, env, load.engine.db, load.files(root, tree=True))
+        except ItsupError as exc:
+            result.add(item, "fail", f"the dump does not load into {service.image}: {exc.message}")
+            failed.append(f"{load.name}: {exc.message}")
+            continue
+        result.databases.append(
+            {"engine": load.name, "adapter": load.adapter, "image": loaded.image,
+             "seconds": round(loaded.seconds, 1), "databases": loaded.databases}
+        )  # fmt: skip
+        result.add(
+            item,
+            "ok",
+            f"loaded into a throwaway {loaded.image} in {loaded.seconds:.1f} s: {loaded.summary()}",
+        )
+    if not failed:
+        return None
+    return IntegrityError(
+        f"drill of {manifest.generation} FAILED: {len(failed)} database dump(s) do not load, "
+        f"e.g. {failed[0]}",
+        hint="the generation cannot be trusted for a database restore; take a new backup",
+    )
+
+
+def _restored_service(root: Path, load: DumpLoad) -> Service | None:
+    compose_file = find_compose_file(root / "upstream" / load.project)
+    if compose_file is None or load.engine.db.service is None:
+        return None
+    return load_services(compose_file).get(load.engine.db.service)
 
 
 def _kind(mode: int) -> str:
