@@ -395,7 +395,7 @@ def _with_dumps(scope: Scope, databases: str) -> Scope:
 def _plan_loads(host: Host, plan: RestorePlan) -> None:
     """The engines the dumps in scope load into; each must answer before anything changes."""
     records = dump_records(plan.manifest, plan.scope.selects)
-    if plan.options.databases == "only" and not records:
+    if plan.options.databases == "only" and not records and plan.scope.prefix:
         raise UsageError(
             f"{plan.manifest.generation} holds no database dumps for {plan.scope.label}"
         )
