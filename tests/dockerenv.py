@@ -600,8 +600,10 @@ def build_images() -> list[str]:
     for name in stale_images():
         entrypoint, files, changes = STANDINS[name]
         digest = content_hash(name, busybox)
-        if image_label(name) == "":
+        label = image_label(name)
+        if label == "":
             log(f"replacing the image {name}: not a stand-in")
+        previous = image_id(name) if label else ""
         argv = ["docker", "import"]
         for change in (
             *changes,
@@ -616,7 +618,16 @@ def build_images() -> list[str]:
                 f"docker import {name} failed: {done.stderr.decode(errors='replace')}"
             )
         built.append(name)
+        if previous:  # an older stand-in, now untagged (kept while a container uses it)
+            subprocess.run(["docker", "image", "rm", previous], capture_output=True)
     return built
+
+
+def image_id(name: str) -> str:
+    done = subprocess.run(
+        ["docker", "image", "inspect", "--format", "{{.Id}}", name], capture_output=True, text=True
+    )
+    return done.stdout.strip() if done.returncode == 0 else ""
 
 
 # -- commands ---------------------------------------------------------------------------
