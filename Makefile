@@ -51,19 +51,28 @@ PARALLEL := $(PYTEST) -n $(WORKERS) --dist loadgroup
 # never skip, when one cannot be started. One tier: make test-unit (in-process,
 # seconds), test-integration (real S3 server, git, sops, tar) or test-e2e (the
 # itsup command); one file: .venv/bin/pytest tests/e2e/test_verify.py
+#
+# Tests marked `docker` run real database engines in containers: DOCKER_UP installs
+# Docker and Compose when missing, starts a daemon when none answers and builds the
+# stand-in images once, before the workers start (tests/dockerenv.py). DOCKER_DOWN
+# stops the daemon DOCKER_UP started, also when pytest fails; pytest's exit code is kept.
+DOCKER_UP := $(BIN)/python tests/dockerenv.py up
+DOCKER_DOWN := $(BIN)/python tests/dockerenv.py down
+
 test: $(STAMP) lint typecheck
-	$(PARALLEL) -m "not serial"
-	$(PYTEST) -m serial
+	$(DOCKER_UP) && { $(PARALLEL) -m "not serial" && $(PYTEST) -m serial; }; \
+	rc=$$?; $(DOCKER_DOWN); exit $$rc
 
 test-unit: $(STAMP)
 	$(PYTEST) tests/unit
 
 test-integration: $(STAMP)
-	$(PARALLEL) tests/integration
+	$(DOCKER_UP) && $(PARALLEL) tests/integration; \
+	rc=$$?; $(DOCKER_DOWN); exit $$rc
 
 test-e2e: $(STAMP)
-	$(PARALLEL) -m "not serial" tests/e2e
-	$(PYTEST) -m serial tests/e2e
+	$(DOCKER_UP) && { $(PARALLEL) -m "not serial" tests/e2e && $(PYTEST) -m serial tests/e2e; }; \
+	rc=$$?; $(DOCKER_DOWN); exit $$rc
 
 demo: install
 	$(BIN)/python bin/demo.py
