@@ -35,7 +35,17 @@ from itsup.dumps.runner import Client, DumpError, Written
 
 # Databases an engine creates for itself: never dumped one by one.
 MYSQL_SYSTEM = ("information_schema", "performance_schema", "sys", "mysql")
-MYSQL_SYSTEM_USERS = ("root", "mariadb.sys", "mysql.sys", "mysql.session", "mysql.infoschema", "")
+# Accounts the engine makes for itself (MariaDB's `mysql`@localhost included): never
+# dropped and recreated by a restore.
+MYSQL_SYSTEM_USERS = (
+    "root",
+    "mysql",
+    "mariadb.sys",
+    "mysql.sys",
+    "mysql.session",
+    "mysql.infoschema",
+    "",
+)
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 

@@ -254,7 +254,10 @@ def job_for(
             if password is not None:
                 notes.append(f"password from {var} ({where})")
     if adapter == "redis" and password is None and service is not None:
-        found = re.search(r"--requirepass\s+(\S+)", str(service.raw.get("command") or ""))
+        command = service.raw.get("command") or ""
+        if isinstance(command, list):
+            command = " ".join(str(part) for part in command)
+        found = re.search(r"--requirepass[\s=]+(\S+)", str(command))
         if found:
             password, _ = _resolved(found.group(1).strip("'\""), secrets)
             notes.append("password from --requirepass in the service's command")

@@ -38,6 +38,14 @@ class StoppedServices:
         self.problems: list[str] = []
 
     def __enter__(self) -> StoppedServices:
+        try:
+            self._stop_all()
+        except BaseException:  # SIGTERM while stopping: __exit__ would not run
+            self.start_again()
+            raise
+        return self
+
+    def _stop_all(self) -> None:
         for plan, service in self.wanted:
             assert plan.compose is not None
             if not running(plan.compose, plan.folder, service):
@@ -51,7 +59,6 @@ class StoppedServices:
                 )
             else:
                 log.info("stopped %s/%s while its files are copied", plan.project, service)
-        return self
 
     def start_again(self) -> None:
         while self.stopped:
