@@ -622,7 +622,7 @@ def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> Resto
             raise _write_error(plan.dest, exc, "preparing the restore") from None
         extractor, stats = _stage(plan, staging, on_bytes)
         if plan.lock_file is not None:  # the live root: dumps are loaded, never left as files
-            _set_dumps_aside(staging, spool_path(plan.dest))
+            _set_dumps_aside(staging, plan.dest)
         # The swap takes its steps through this module's names (os.rename, os.link,
         # exchange), so a test can stop a real restore at any one of them
         # (tests/test_crash.py).
@@ -643,10 +643,11 @@ def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> Resto
     return result
 
 
-def _set_dumps_aside(staging: Path, spool: Path) -> None:
+def _set_dumps_aside(staging: Path, root: Path) -> None:
     """Move the staged dump folders (upstream/*/_backup) out of what the swap puts in
     place, into the private spool (0700) the loads read them from."""
-    clear_spool(spool.parent.parent)
+    clear_spool(root)
+    spool = spool_path(root)
     upstream = staging / "upstream"
     folders = sorted(upstream.glob(f"*/{DUMP_FOLDER}")) if upstream.is_dir() else []
     if not folders:

@@ -68,6 +68,7 @@ class DumpRun:
 
     def __init__(self, plans: list[ProjectPlan], root: Path, workers: int) -> None:
         self.jobs = [job for plan in plans for job in plan.jobs]
+        self.root = root
         self.spool = spool_path(root)
         self.workers = max(1, workers)
         self.cancel = threading.Event()
@@ -77,7 +78,7 @@ class DumpRun:
     def __enter__(self) -> DumpRun:
         if not self.jobs:
             return self
-        clear_spool(self.spool.parent)
+        clear_spool(self.root)
         os.makedirs(self.spool.parent, 0o700, exist_ok=True)
         os.mkdir(self.spool, 0o700)
         self._pool = ThreadPoolExecutor(self.workers, thread_name_prefix="dump")
@@ -91,7 +92,7 @@ class DumpRun:
         if self._pool is not None:
             self._pool.shutdown(wait=True, cancel_futures=True)
         if self.jobs:
-            clear_spool(self.spool.parent)
+            clear_spool(self.root)
 
     def _run(self, job: Job) -> list[DumpRecord]:
         folder = self.spool / job.project

@@ -132,3 +132,47 @@ def test_a_server_newer_than_the_hosts_client_is_named_with_both_versions(
     result = itsup(root, "backup", expect=3, env=env)
     assert "newer than this host's pg_dump 12.22" in result.err
     assert "version 15." in result.err and "postgresql-client-15" in result.err
+
+
+def sqlite_host(tmp_path: Path) -> tuple[Path, Path]:
+    import sqlite3
+
+    root = host(tmp_path, "adapter: sqlite\npath: data/app.db\n")
+    live = root / "upstream" / "legacy" / "data" / "app.db"
+    live.parent.mkdir()
+    with sqlite3.connect(live) as db:
+        db.execute("CREATE TABLE t (v TEXT)")
+        db.execute("INSERT INTO t VALUES ('kept')")
+    return root, live
+
+
+def test_dumps_a_killed_run_left_are_deleted_by_the_next_one(tmp_path: Path) -> None:
+    root, _ = sqlite_host(tmp_path)
+    spool = root / ".itsup" / "dumps" / "legacy"
+    spool.mkdir(parents=True)
+    (spool / "db.app.pgdump").write_bytes(b"PGDMP plaintext left by a SIGKILL")
+    itsup(root, "backup")
+    assert not (root / ".itsup" / "dumps").exists()
+
+
+def test_restore_to_a_folder_extracts_the_dumps_as_private_files(tmp_path: Path) -> None:
+    import sqlite3
+
+    root, live = sqlite_host(tmp_path)
+    itsup(root, "backup")
+    out = tmp_path / "check"
+    itsup(root, "restore", "legacy", "--to", str(out))
+    dump = out / "upstream" / "legacy" / "_backup" / "data_app.db.sqlite"
+    assert dump.stat().st_mode & 0o777 == 0o600
+    assert (dump.parent.stat().st_mode & 0o777) == 0o700
+    with sqlite3.connect(dump) as db:
+        assert db.execute("SELECT v FROM t").fetchall() == [("kept",)]
+    assert not (out / "upstream" / "legacy" / "data" / "app.db").exists()  # the live file: left out
+    # --no-databases: the dumps stay out; --databases-only: nothing else comes
+    itsup(root, "restore", "legacy", "--to", str(tmp_path / "nodb"), "--no-databases")
+    assert not (tmp_path / "nodb" / "upstream" / "legacy" / "_backup").exists()
+    assert (tmp_path / "nodb" / "upstream" / "legacy" / "docker-compose.yml").exists()
+    itsup(root, "restore", "legacy", "--to", str(tmp_path / "only"), "--databases-only")
+    assert (tmp_path / "only" / "upstream" / "legacy" / "_backup" / "data_app.db.sqlite").exists()
+    assert not (tmp_path / "only" / "upstream" / "legacy" / "docker-compose.yml").exists()
+    assert live.exists()
