@@ -19,6 +19,7 @@ Loads run in that order (globals/users first, so owners and grants exist).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import os
 import re
@@ -345,36 +346,62 @@ class Redis(Engine):
         goes back to being a primary.
         """
         ((_file, _db, path),) = files
-        port = str(_random.randbelow(20000) + 40000)
         password = _random.token_hex(16)
         self.client.secrets.add(password)
-        tmp = f"/tmp/itsup-restore-{port}.rdb"
+        tmp = f"/tmp/itsup-restore-{_random.token_hex(6)}.rdb"
         with path.open("rb") as stdin:
             self.client.run(["sh", "-c", 'umask 077 && cat > "$0"', tmp], stdin=stdin)
+        port = ""
         try:
-            self.client.run(
-                ["redis-server", "--port", port, "--bind", "127.0.0.1", "--dir", "/tmp",
-                 "--dbfilename", tmp.rsplit("/", 1)[1], "--save", "", "--appendonly", "no",
-                 "--requirepass", password, "--daemonize", "yes", "--logfile", ""]
-            )  # fmt: skip
-            self._wait(lambda: self._side(port, password, "PING") == "PONG", "the loading server")
+            port = self._start_loader(tmp, password)
             before = self.raw("CONFIG", "GET", "masterauth").splitlines()[1:2] or [""]
-            self.raw("CONFIG", "SET", "masterauth", password)
+            self._secret_command("CONFIG", "SET", "masterauth", password)
             try:
                 self.raw("REPLICAOF", "127.0.0.1", port)
                 self._wait(self._synced, "the copy of the snapshot")
             finally:
                 self.raw("REPLICAOF", "NO", "ONE")
-                self.raw("CONFIG", "SET", "masterauth", before[0])
+                self._secret_command("CONFIG", "SET", "masterauth", before[0])
         finally:
-            with contextlib.suppress(DumpError):  # SHUTDOWN closes the connection
-                self._side(port, password, "SHUTDOWN", "NOSAVE")
+            if port:
+                with contextlib.suppress(DumpError):  # SHUTDOWN closes the connection
+                    self._side(port, password, "SHUTDOWN", "NOSAVE")
             self.client.run(["rm", "-f", tmp])
 
+    def _start_loader(self, rdb: str, password: str) -> str:
+        """A temporary server on a free loopback port, loading `rdb`; its port.
+
+        Its settings (the password among them) go in on standard input, never
+        on a command line."""
+        for _ in range(5):
+            port = str(_random.randbelow(20000) + 40000)
+            config = (
+                f"port {port}\nbind 127.0.0.1\ndir /tmp\ndbfilename {rdb.rsplit('/', 1)[1]}\n"
+                f'save ""\nappendonly no\nrequirepass {password}\ndaemonize yes\nlogfile ""\n'
+            )
+            self.client.run(["redis-server", "-"], input=config.encode())
+            answers = functools.partial(self._answers, port, password)
+            with contextlib.suppress(DumpError):
+                self._wait(answers, "", 15)
+                return port
+        raise DumpError("could not start a temporary redis-server to load the snapshot")
+
+    def _answers(self, port: str, password: str) -> bool:
+        return self._side(port, password, "PING") == "PONG"
+
+    def _secret_command(self, *words: str) -> None:
+        """A command holding a secret, sent on standard input (not on a command line)."""
+        line = " ".join(_redis_quote(w) for w in words) + "\n"
+        done = self.client.call(["redis-cli", *self._conn()], input=line.encode())
+        if done.returncode != 0 or done.stdout.strip() != b"OK":
+            raise DumpError(self.client.error_line(done.stderr, done.stdout, done.returncode))
+
     def _side(self, port: str, password: str, *words: str) -> str:
-        """A command to the temporary loading server."""
-        argv = ["redis-cli", "-p", port, "--no-auth-warning", "-a", password, *words]
-        return self.client.call(argv).stdout.decode("utf-8", "replace").strip()
+        """A command to the temporary loading server (its password on standard input)."""
+        line = f"AUTH {password}\n" + " ".join(_redis_quote(w) for w in words) + "\n"
+        done = self.client.call(["redis-cli", "-p", port], input=line.encode())
+        lines = done.stdout.decode("utf-8", "replace").strip().splitlines()
+        return lines[-1] if lines and lines[0] == "OK" else ""
 
     def _synced(self) -> bool:
         info = self.raw("INFO", "replication")
@@ -476,6 +503,10 @@ ENGINES: dict[str, type[Engine]] = {
     "sqlite": SQLite,
     "command": Command,
 }
+
+
+def _redis_quote(word: str) -> str:
+    return '"' + word.replace("\\", "\\\\").replace('"', '\\"') + '"'
 
 
 def _strip_eof_mark(path: Path, written: Written) -> None:

@@ -78,13 +78,24 @@ class Client:
         return self.redact(shlex.join(self.argv(command)))
 
     def call(
-        self, command: list[str], *, stdin: IO[bytes] | None = None, timeout: float | None = None
+        self,
+        command: list[str],
+        *,
+        stdin: IO[bytes] | None = None,
+        timeout: float | None = None,
+        input: bytes | None = None,
     ) -> subprocess.CompletedProcess[bytes]:
-        """Run to the end and return what happened (DumpError only when it cannot start)."""
+        """Run to the end and return what happened (DumpError only when it cannot start).
+
+        `input` is written to its standard input: the way to hand a command a
+        secret it would otherwise take as an argument."""
+        if input is None:
+            stdin = stdin if stdin is not None else subprocess.DEVNULL  # type: ignore[assignment]
         try:
             return subprocess.run(
                 self.argv(command),
-                stdin=stdin if stdin is not None else subprocess.DEVNULL,
+                stdin=stdin,
+                input=input,
                 capture_output=True,
                 env=self._environ(),
                 cwd=self.cwd,
@@ -115,10 +126,15 @@ class Client:
             raise DumpError(f"{' '.join(self.compose)} {args[0]}: {exc}") from None
 
     def run(
-        self, command: list[str], *, stdin: IO[bytes] | None = None, timeout: float | None = None
+        self,
+        command: list[str],
+        *,
+        stdin: IO[bytes] | None = None,
+        timeout: float | None = None,
+        input: bytes | None = None,
     ) -> str:
         """Run to the end; its standard output as text, or DumpError with the error line."""
-        done = self.call(command, stdin=stdin, timeout=timeout)
+        done = self.call(command, stdin=stdin, timeout=timeout, input=input)
         if done.returncode != 0:
             raise DumpError(self.error_line(done.stderr, done.stdout, done.returncode))
         return done.stdout.decode("utf-8", "replace")
