@@ -97,14 +97,24 @@ def _report_backup(ctx: click.Context, result: BackupResult, show: bool) -> None
             f"({result.target}/{result.archive_key})",
         )
     if result.partial:  # each path is also a WARNING record in logs/backup.log
-        notice(
-            f"itsup: warning: {result.generation} is PARTIAL: {len(s.problems)} path(s) could "
-            "not be read completely:"
-        )
-        for problem in s.problems[:20]:
-            notice(f"  {problem.path}: {problem.problem}")
-        if len(s.problems) > 20:
-            notice(f"  ... and {len(s.problems) - 20} more (see the manifest)")
+        failed = result.failed_dumps
+        others = [p for p in s.problems if not p.problem.startswith("dump failed: ")]
+        if failed:
+            notice(
+                f"itsup: warning: {result.generation} is PARTIAL: {len(failed)} database "
+                "dump(s) failed (everything else is stored):"
+            )
+            for dump in failed:
+                notice(f"  {dump.project}/{dump.service} ({dump.adapter}): {dump.error}")
+        if others:
+            notice(
+                f"itsup: warning: {result.generation} is PARTIAL: {len(others)} path(s) could "
+                "not be read completely:"
+            )
+            for problem in others[:20]:
+                notice(f"  {problem.path}: {problem.problem}")
+            if len(others) > 20:
+                notice(f"  ... and {len(others) - 20} more (see the manifest)")
 
 
 @backup.command("plan")

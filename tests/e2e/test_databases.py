@@ -309,7 +309,7 @@ def test_a_failing_dump_is_partial_and_the_other_projects_are_intact(db_host: Db
     db_host.backup_yml(bad, f"adapter: mariadb\nservice: sql\npassword: {wrong}\n")
     result = db_host.itsup("backup", expect=3)
     text = result.out + result.err
-    assert "Access denied" in text and f"{bad.name}/_backup" in text
+    assert "Access denied" in text and f"{bad.name}/sql (mariadb): " in text
     assert wrong not in text and MARIA_PASSWORD not in text
     records = db_host.manifest()["dumps"]
     failed = [r for r in records if r["result"] == "failed"]
