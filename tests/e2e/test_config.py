@@ -546,7 +546,7 @@ BAD_CONFIGS = {
     ),
     "unknown_key_nothing_close": (
         "backup:\n  frobnicate: 1\n",
-        [(2, "backup.frobnicate", "unknown key (known: compression, encryption")],
+        [(2, "backup.frobnicate", "unknown key (known: compression, databases, dump_idle_timeout")],
     ),
     "unknown_key_named_like_a_type": (
         "backup:\n  bool: 1\n  str: 2\n",
