@@ -110,7 +110,7 @@ def _show_verify(result: VerifyResult, as_json: bool) -> None:
     table = Table(title=f"Backup verify: {result.target}", title_justify="left")
     table.add_column("generation")
     table.add_column("result", overflow="fold")
-    for col in ("objects", "bytes read", "files hashed", "seconds"):
+    for col in ("objects", "bytes read", "files hashed", "db dumps", "seconds"):
         table.add_column(col, justify="right")
     for g in result.generations:
         words = "FAILED" if g.result == "failed" else g.result
@@ -123,9 +123,13 @@ def _show_verify(result: VerifyResult, as_json: bool) -> None:
             str(g.objects_checked),
             human_bytes(g.bytes_read),
             str(g.files_hashed) if g.files_sampled or g.files_hashed else "-",
+            str(len(g.dumps)) if g.dumps else "-",
             f"{g.seconds:.1f}",
         )
     out.print(table)
+    dumps = sum(len(g.dumps) for g in result.generations)
+    if dumps:
+        out.print(f"{dumps} database dump(s) checked: SHA-256 and structure (see --json)")
     summary = f"{len(result.generations)} generation(s) checked: {len(result.failed)} failed"
     if result.incomplete:
         summary += f", {len(result.incomplete)} incomplete"
