@@ -38,6 +38,7 @@ from pydantic_core import PydanticCustomError
 
 from itsup.errors import ConfigError
 from itsup.layout import Layout
+from itsup.retention import LOCAL, UNLIMITED, Policy, time_zone
 from itsup.yamldoc import MAX_KEY_SHOWN, KeyPath, clip, dotted, parse_yaml
 
 Path_ = KeyPath
@@ -366,6 +367,65 @@ class GuardConfig(Strict):
     min_ratio: Number = Field(default=0.5, ge=0, le=1)
 
 
+def _keep_count(value: Any) -> Any:
+    """A retention count: a whole number, or `unlimited` (restic's word; -1)."""
+    value = _typed(value)
+    if value == "unlimited":
+        return UNLIMITED
+    if isinstance(value, int) and not isinstance(value, bool) and value < UNLIMITED:
+        raise ValueError("must be 0 or more, or unlimited")
+    return value
+
+
+def _time_zone(value: str) -> str:
+    time_zone(value)
+    return value
+
+
+KeepCount = Annotated[int, BeforeValidator(_keep_count)]
+
+
+class RetentionConfig(Strict):
+    """`backup.retention`: what `itsup backup prune` keeps (restic's `forget --keep-*`)."""
+
+    keep_last: KeepCount = 0
+    keep_hourly: KeepCount = 0
+    keep_daily: KeepCount = 0
+    keep_weekly: KeepCount = 0
+    keep_monthly: KeepCount = 0
+    keep_yearly: KeepCount = 0
+    # Everything newer than the newest generation minus this is kept.
+    keep_within: Seconds | None = None
+    # Run prune after every backup that stored a generation (its failure is a warning).
+    prune_after_backup: Flag = False
+    # The wall clock the hours, days, weeks, months and years are counted in.
+    timezone: Annotated[str, Field(min_length=1, max_length=100), AfterValidator(_time_zone)] = (
+        LOCAL
+    )
+
+    @model_validator(mode="after")
+    def _keeps_something(self) -> RetentionConfig:
+        if self.policy.empty():
+            raise ValueError(
+                "keeps nothing: set at least one of keep_last, keep_hourly, keep_daily, "
+                "keep_weekly, keep_monthly, keep_yearly (above 0) or keep_within; an empty "
+                "policy is refused rather than read as 'remove all but the newest'"
+            )
+        return self
+
+    @property
+    def policy(self) -> Policy:
+        return Policy(
+            last=self.keep_last,
+            hourly=self.keep_hourly,
+            daily=self.keep_daily,
+            weekly=self.keep_weekly,
+            monthly=self.keep_monthly,
+            yearly=self.keep_yearly,
+            within=self.keep_within,
+        )
+
+
 def unknown_target(name: str, known: list[str]) -> str:
     return f"no target is named '{name}' (known: {', '.join(known)}{suggest(name, known)})"
 
@@ -421,6 +481,11 @@ class BackupConfig(Strict):
     # produce no bytes before it is killed and reported.
     dump_jobs: Count = Field(default=2, ge=1, le=16)
     dump_idle_timeout: Seconds = 300
+    # What `itsup backup prune` keeps; None: no policy, prune refuses to run.
+    # `retention:` given empty is a policy that keeps nothing, refused.
+    retention: Annotated[
+        RetentionConfig | None, BeforeValidator(lambda value: {} if value is None else value)
+    ] = None
     # The keys of the section in file order: the first target given is the default.
     _order: tuple[str, ...] = PrivateAttr(default=())
 

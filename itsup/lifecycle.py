@@ -10,7 +10,7 @@ Writes, by a backup that holds the host lock:
 4. the `latest` alias: a copy of the archive, then `latest.json`, which
    names the generation it is a copy of.
 
-Deletes, by cleanup now and retention later, go the other way: the manifest
+Deletes, by cleanup and by retention (`actions/prune.py`), go the other way: the manifest
 first (which un-commits the generation: from that instant it is a leftover
 nothing restores), then the index, then the archive, one object at a time
 (some S3-compatible servers refuse bulk deletes). Never deleted: the newest
@@ -170,18 +170,37 @@ class GenerationStore:
             deleted.append(key)
         return deleted
 
-    def clean_up(self, grace_seconds: float = DEFAULT_ORPHAN_GRACE) -> Cleanup:
+    def stale_leftovers(
+        self, found: list[Generation], grace_seconds: float, now: float | None = None
+    ) -> list[Generation]:
+        """The generations in `found` without a manifest whose newest object is older
+        than `grace_seconds`: what failed runs left. Younger ones may still be being
+        written (another host sharing the prefix by mistake), so they are not listed."""
+        cutoff = (time.time() if now is None else now) - grace_seconds
+        return [
+            gen
+            for gen in found
+            if gen.objects
+            and "manifest.json" not in gen.objects
+            and max(info.modified for info in gen.objects.values()) <= cutoff
+        ]
+
+    def clean_up(
+        self,
+        grace_seconds: float = DEFAULT_ORPHAN_GRACE,
+        found: list[Generation] | None = None,
+    ) -> Cleanup:
         """Remove what failed runs left: unfinished uploads, then manifest-less
-        archives and indexes older than `grace_seconds`. Call it holding the lock."""
+        archives and indexes older than `grace_seconds`. Call it holding the lock.
+
+        `found` limits the leftovers considered to those generations (a listing made
+        already, or the leftovers prune's plan named); without it the prefix is listed.
+        """
         done = Cleanup(uploads=self.target.cleanup_incomplete(self.prefix))
         if done.uploads:
             log.info("discarded %d unfinished upload(s) left by an interrupted run", done.uploads)
-        cutoff = time.time() - grace_seconds
-        for gen in self.generations():
-            if "manifest.json" in gen.objects or not gen.objects:
-                continue
-            if max(info.modified for info in gen.objects.values()) > cutoff:
-                continue  # perhaps still being written by someone else: wait
+        listing = self.generations() if found is None else found
+        for gen in self.stale_leftovers(listing, grace_seconds):
             keys = self._delete_objects(gen)
             done.orphans += keys
             log.info(

@@ -22,6 +22,7 @@ import stat
 import subprocess
 import sys
 import tarfile
+import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -364,6 +365,30 @@ def make_manifest(**overrides: Any) -> Manifest:
         "partial": False,
     }
     return Manifest(**{**fields, **overrides})
+
+
+def write_generation(
+    folder: Path, name: str, *, manifest: bool | bytes = True, age: float | None = None
+) -> None:
+    """A tiny generation written straight into a local target's folder: an archive
+    and an index of one byte each and, unless `manifest` is False, a real manifest
+    (or the bytes given). `age` backdates its objects by that many seconds.
+
+    Enough for retention, which decides from the listing alone."""
+    folder.mkdir(parents=True, exist_ok=True)
+    written = [folder / f"{name}.tar.gz", folder / f"{name}.index.jsonl.gz"]
+    for path in written:
+        path.write_bytes(b"x")
+    if manifest is not False:
+        data = (
+            manifest if isinstance(manifest, bytes) else make_manifest(generation=name).to_bytes()
+        )
+        written.append(folder / f"{name}.manifest.json")
+        written[-1].write_bytes(data)
+    if age is not None:
+        when = time.time() - age
+        for path in written:
+            os.utime(path, (when, when))
 
 
 @contextmanager

@@ -16,6 +16,7 @@ from itsup.host import Host
 
 if TYPE_CHECKING:
     from itsup.actions.backup import BackupResult
+    from itsup.actions.prune import PruneResult
 
 
 @click.group(invoke_without_command=True)
@@ -71,7 +72,43 @@ def backup(ctx: click.Context, target_choice: str | None, allow_shrink: bool) ->
                 f"{s.problems[0].path}: {s.problems[0].problem}"
             )
         _report_backup(ctx, result, show)
+    # After the run is recorded (log line, state, alerts, ping): prune is a step of
+    # its own, and its failure never changes the backup's outcome or exit code.
+    retention = host.config.backup.retention
+    if retention is not None and retention.prune_after_backup:
+        _prune_after_backup(ctx, host, target_choice, show)
     return record.exit_code
+
+
+def _prune_after_backup(
+    ctx: click.Context, host: Host, target_choice: str | None, show: bool
+) -> None:
+    """`backup.retention.prune_after_backup`: prune, a WARNING when it fails."""
+    import logging
+
+    from itsup.actions.prune import run_prune
+    from itsup.errors import ItsupError
+
+    log = logging.getLogger("itsup.prune")
+    try:
+        result = run_prune(host, target_choice=target_choice)
+    except ItsupError as exc:
+        log.warning(
+            "prune after the backup failed (the backup is stored; exit code unchanged): %s",
+            exc.message,
+        )
+        return
+    except Exception as exc:  # a bug in prune must not fail a stored backup either
+        log.warning(
+            "prune after the backup failed (the backup is stored; exit code unchanged): "
+            "internal error: %s: %s",
+            type(exc).__name__,
+            exc,
+            exc_info=True,
+        )
+        return
+    if show or ctx.obj["verbose"]:
+        out.print(_prune_summary(result))
 
 
 def _where(host: Host, choice: str | None) -> str | None:
@@ -309,3 +346,57 @@ def check_cmd(ctx: click.Context, target_choice: str | None, max_age: str | None
                 f"(limit {format_duration(seconds)})",
             )
     return ExitCode.SUCCESS
+
+
+@backup.command("prune")
+@TARGET
+@click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def prune_cmd(ctx: click.Context, target_choice: str | None, dry_run: bool, as_json: bool) -> int:
+    """Remove the generations backup.retention does not keep (restic's forget rules).
+
+    Lists every generation with the rules that keep it, or `remove`, then
+    removes (not with --dry-run) and sums up. Never removes the newest
+    complete generation nor what `latest` is a copy of. Also removes what
+    failed runs left (no manifest) once older than backup.orphan_grace.
+    Exit 4 when itsup.yml has no backup.retention.
+    """
+    from itsup.actions.prune import run_prune
+
+    host = open_host(ctx)
+
+    def show_plan(plan: PruneResult) -> None:
+        header = f"Generations on {plan.where}"
+        out.print(header + (" (dry run: nothing is removed)" if dry_run else ""))
+        out.print(f"policy: {plan.describe_policy()}")
+        if not plan.rows:
+            out.print("no generations there")
+        width = max((len(r.name) for r in plan.rows), default=0)
+        for row in plan.rows:
+            out.print(f"{row.name:<{width}}  {row.action:<6}  {row.why(plan.within)}".rstrip())
+
+    result = run_prune(
+        host, target_choice=target_choice, dry_run=dry_run, on_plan=None if as_json else show_plan
+    )
+    out.print(json.dumps(result.as_dict(), indent=2) if as_json else _prune_summary(result))
+    return ExitCode.SUCCESS
+
+
+def _prune_summary(result: PruneResult) -> str:
+    removed = result.removed
+    incomplete = sum(1 for r in removed if not r.complete)
+    if result.dry_run:
+        extra = f" ({incomplete} incomplete)" if incomplete else ""
+        return (
+            f"dry run: would remove {len(removed)} generation(s){extra} and keep "
+            f"{len(result.kept)}; run without --dry-run to remove them"
+        )
+    details = [f"{incomplete} incomplete"] if incomplete else []
+    details.append(f"{len(result.deleted)} object(s)")
+    if result.uploads:
+        details.append(f"{result.uploads} unfinished upload(s) discarded")
+    return (
+        f"prune: removed {len(removed)} generation(s) ({'; '.join(details)}), "
+        f"kept {len(result.kept)}, in {result.seconds:.1f} s"
+    )

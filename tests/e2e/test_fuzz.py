@@ -53,6 +53,7 @@ from itsup.config import (
     LocalTargetConfig,
     MonitoringConfig,
     NotifyTarget,
+    RetentionConfig,
     S3Config,
     S3TargetConfig,
     load_config,
@@ -140,6 +141,16 @@ KEYS: dict[Key, frozenset[str]] = {
         ("backup", "databases"): "str",
         ("backup", "dump_jobs"): "int",
         ("backup", "dump_idle_timeout"): "int str",
+        ("backup", "retention"): "none dict",
+        ("backup", "retention", "keep_last"): "int str",
+        ("backup", "retention", "keep_hourly"): "int str",
+        ("backup", "retention", "keep_daily"): "int str",
+        ("backup", "retention", "keep_weekly"): "int str",
+        ("backup", "retention", "keep_monthly"): "int str",
+        ("backup", "retention", "keep_yearly"): "int str",
+        ("backup", "retention", "keep_within"): "none int str",
+        ("backup", "retention", "prune_after_backup"): "bool",
+        ("backup", "retention", "timezone"): "str",
         ("notify",): "none list",
         ("notify", 0): "str dict",
         ("notify", 0, "url"): "str",
@@ -155,6 +166,7 @@ REQUIRED: dict[Key, dict[str, Any]] = {
     ("backup", "targets", "offsite"): {"url": "s3://b/itsup"},
     ("backup", "targets", "usb"): {"url": "/mnt/usb/itsup"},
     ("backup", "encryption"): {"recipients": [AGE_RECIPIENT]},
+    ("backup", "retention"): {"keep_last": 1},
     ("notify", 0): {"url": "json://localhost/hook"},
 }
 MODELS: dict[Key, type] = {
@@ -167,6 +179,7 @@ MODELS: dict[Key, type] = {
     ("backup", "encryption"): EncryptionConfig,
     ("backup", "monitoring"): MonitoringConfig,
     ("backup", "guard"): GuardConfig,
+    ("backup", "retention"): RetentionConfig,
     ("notify", 0): NotifyTarget,
 }
 

@@ -48,6 +48,7 @@ LAYERS = {
     "itsup.log": "base",
     "itsup.fsutil": "base",
     "itsup.durations": "base",
+    "itsup.retention": "base",  # the policy: (name, time) pairs in, reasons out
     "itsup.agekeys": "base",
     "itsup.sops": "base",  # config decrypts secrets/itsup.enc.txt through it
 }
