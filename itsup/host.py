@@ -92,6 +92,8 @@ class Host:
             "connect_timeout": s3.connect_timeout,
             "read_timeout": s3.read_timeout,
             "max_attempts": s3.max_attempts,
+            "checksum": s3.checksum,
+            "object_lock": (s3.object_lock.mode, s3.object_lock.days) if s3.object_lock else None,
         }
 
 
