@@ -675,7 +675,10 @@ class S3Target:
         size = self.stat(src).size
         if size > MAX_OBJECT:  # a provider with a higher limit may hold one
             raise _too_large(self.name, dst, size)
-        if size <= MAX_PART:
+        # Under Object Lock a copy is a multipart copy (UploadPartCopy): S3 refuses a
+        # CopyObject into a locked bucket without the source's Content-MD5, which an
+        # archive uploaded in parts does not have (and CopyObject cannot carry).
+        if size <= MAX_PART and self.object_lock is None:
             self._call(
                 "copying to",
                 dst,
