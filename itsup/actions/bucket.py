@@ -298,7 +298,7 @@ def setup_bucket(
     for s in settings:
         emit(_apply(s, dry_run))
     if opened.s3.object_lock is None:
-        emit(Step("object lock", "skipped", "not asked (this target sets no object_lock)"))
+        emit(Step("object lock", "skipped", "not asked: this target sets no object_lock"))
     return steps
 
 
