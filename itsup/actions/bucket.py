@@ -303,10 +303,7 @@ def setup_bucket(
 
 
 def _created(opened: Opened) -> str:
-    return (
-        f"{opened.bucket.name} in {opened.s3.region}, with Object Lock enabled (possible "
-        "only now on most providers) and so versioning"
-    )
+    return f"{opened.bucket.name} in {opened.s3.region}, Object Lock enabled, so versioning too"
 
 
 def _apply(setting: Setting, dry_run: bool) -> Step:
@@ -439,7 +436,7 @@ def _check_access(opened: Opened, _host: Host) -> list[Finding]:
         except BucketError as exc:
             found.append(Finding(f"credentials: {what}", "FAIL", exc.message))
             return found
-        detail = f"{what} {key}" if ok else f"{what} {key}: not what was written"
+        detail = key if ok else f"{key}: not what was written"
         found.append(Finding(f"credentials: {what}", "ok" if ok else "FAIL", detail))
     try:
         b.delete_probe(key)
