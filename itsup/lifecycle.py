@@ -82,6 +82,7 @@ class GenerationStore:
     def __init__(self, target: Target, prefix: str) -> None:
         self.target = target
         self.prefix = prefix
+        self._may_lock: bool | None = None  # whether objects can be locked at all: asked once
 
     # -- reading --------------------------------------------------------------------
 
@@ -122,6 +123,10 @@ class GenerationStore:
     def lock_of(self, gen: Generation, now: float | None = None) -> Retention | None:
         """The Object Lock retention that still holds `gen`: that of its object locked
         longest, or None when none of its objects is locked now (one HeadObject each)."""
+        if self._may_lock is None:
+            self._may_lock = self.target.may_lock()
+        if not self._may_lock:
+            return None
         moment = time.time() if now is None else now
         longest: Retention | None = None
         for suffix in gen.objects:
@@ -188,16 +193,19 @@ class GenerationStore:
 
     # -- deleting -----------------------------------------------------------------------
 
-    def delete_generation(self, gen: Generation, found: list[Generation]) -> list[str]:
+    def delete_generation(
+        self, gen: Generation, found: list[Generation], protected: set[str] | None = None
+    ) -> list[str]:
         """Delete one generation, manifest first; return the keys deleted.
 
         `found` is the current listing (to know what is protected). Refuses
         (ProtectedGeneration) the newest complete generation and what `latest`
         copies, and (LockedGeneration, saying until when) one still under Object
         Lock retention. A run killed half way leaves an incomplete generation, which
-        the next cleanup removes.
+        the next cleanup removes. `protected`, when given, is `protected(found)`
+        worked out once by a caller deleting many (prune).
         """
-        if gen.name in self.protected(found):
+        if gen.name in (self.protected(found) if protected is None else protected):
             raise ProtectedGeneration(
                 f"{gen.name} is the newest complete generation or what latest is a copy "
                 "of; it is never deleted"

@@ -20,6 +20,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
@@ -36,6 +37,7 @@ from itsup.retention import UNLIMITED, apply_policy, time_zone
 log = logging.getLogger("itsup.prune")
 
 NEWEST = "newest complete"
+DELETE_WORKERS = 8  # generations deleted at once (each one in its own order)
 LATEST = "latest"
 
 
@@ -252,15 +254,24 @@ def _remove(
     cleanup = store.clean_up(grace, [by_name[r.name] for r in leftovers])
     result.uploads = cleanup.uploads
     result.deleted += cleanup.orphans
-    for row in reversed(rows):  # oldest first
-        if row.action != "remove" or not row.complete:
-            continue
+    protected = store.protected(found)  # once, not once per generation deleted
+    doomed = [r for r in reversed(rows) if r.action == "remove" and r.complete]  # oldest first
+
+    def remove(row: PruneRow) -> list[str]:
         try:
-            keys = store.delete_generation(by_name[row.name], found)
+            return store.delete_generation(by_name[row.name], found, protected)
         except LockedGeneration as exc:  # Object Lock: the store itself would refuse
             row.action = "keep"
             row.note = f"locked ({exc.lock.mode}) until {format_until(exc.lock.until)}"
             log.info("%s", exc.message)
-            continue
-        result.deleted += keys
-        log.info("removed %s (not kept by backup.retention): %d object(s)", row.name, len(keys))
+            return []
+
+    # Generations are independent: several are deleted at once, each in its own
+    # order (manifest, index, archive), so a prune stopped half way leaves whole
+    # generations or un-committed leftovers, never a manifest without its archive.
+    with ThreadPoolExecutor(DELETE_WORKERS) as pool:
+        for row, keys in zip(doomed, pool.map(remove, doomed), strict=True):
+            if row.action != "remove":
+                continue
+            result.deleted += keys
+            log.info("removed %s (not kept by backup.retention): %d object(s)", row.name, len(keys))

@@ -122,3 +122,8 @@ class Target(Protocol):
         """The object's Object Lock retention, None when it has none (or the target
         keeps none: a folder). Prune and cleanup skip an object still locked."""
         ...
+
+    def may_lock(self) -> bool:
+        """Whether any object here can be under Object Lock (False: no need to ask
+        each object). A target that cannot tell says True."""
+        ...

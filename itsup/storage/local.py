@@ -201,6 +201,9 @@ class LocalTarget:
                             removed += 1
         return removed
 
+    def may_lock(self) -> bool:
+        return False
+
     def retention(self, key: str) -> Retention | None:
         """A folder keeps no Object Lock retention: its objects are never locked."""
         self.stat(key)  # NotFoundError for a missing key, as on S3

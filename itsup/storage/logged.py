@@ -126,5 +126,8 @@ class LoggedTarget:
             self.name, f"clean up {prefix}", lambda: self.inner.cleanup_incomplete(prefix)
         )
 
+    def may_lock(self) -> bool:
+        return _timed(self.name, "object lock enabled?", self.inner.may_lock)
+
     def retention(self, key: str) -> Retention | None:
         return _timed(self.name, f"retention {key}", lambda: self.inner.retention(key))

@@ -111,5 +111,8 @@ class RetryingTarget:
     def cleanup_incomplete(self, prefix: str) -> int:
         return self._again(f"clean up {prefix}", lambda: self.inner.cleanup_incomplete(prefix))
 
+    def may_lock(self) -> bool:
+        return self._again("object lock enabled?", self.inner.may_lock)
+
     def retention(self, key: str) -> Retention | None:
         return self._again(f"retention {key}", lambda: self.inner.retention(key))

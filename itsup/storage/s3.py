@@ -536,6 +536,7 @@ class S3Target:
         object_lock: tuple[str, int] | None = None,
     ) -> None:
         self.bucket = bucket
+        self._lock_enabled: bool | None = None  # see may_lock
         # (mode, days): every object written gets that Object Lock retention.
         self.object_lock = object_lock
         self.name = f"s3://{bucket}" + (f" at {endpoint}" if endpoint else "")
@@ -581,6 +582,32 @@ class S3Target:
         """`ContentMD5` for a body written under Object Lock (S3 refuses the write
         without it, or a flexible checksum), else nothing."""
         return {"ContentMD5": content_md5(body)} if self.object_lock is not None else {}
+
+    def may_lock(self) -> bool:
+        """Whether the bucket has Object Lock enabled (asked once per target).
+
+        Object Lock can only be on in a bucket whose configuration says so; a
+        server without the API (it answers NotImplemented) has none. A key not
+        allowed to read the configuration cannot tell: True, so each object is asked.
+        """
+        if self._lock_enabled is None:
+            try:
+                conf = self.client.get_object_lock_configuration(Bucket=self.bucket)
+                enabled = conf.get("ObjectLockConfiguration", {}).get("ObjectLockEnabled")
+                self._lock_enabled = enabled == "Enabled"
+            except ClientError as exc:
+                code = exc.response.get("Error", {}).get("Code", "")
+                none = (
+                    "ObjectLockConfigurationNotFoundError",
+                    "NotImplemented",
+                    "XNotImplemented",
+                    "MethodNotAllowed",
+                    "NoSuchObjectLockConfiguration",
+                )
+                self._lock_enabled = code not in none
+            except BotoCoreError:
+                self._lock_enabled = True
+        return self._lock_enabled
 
     def retention(self, key: str) -> Retention | None:
         """The object's Object Lock retention (from HeadObject), None when it has none.
