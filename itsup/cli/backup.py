@@ -17,6 +17,7 @@ from itsup.host import Host
 if TYPE_CHECKING:
     from itsup.actions.backup import BackupResult
     from itsup.actions.prune import PruneResult
+    from itsup.monitor import RunRecord
 
 
 @click.group(invoke_without_command=True)
@@ -54,30 +55,48 @@ def backup(ctx: click.Context, target_choice: str | None, allow_shrink: bool) ->
                 allow_shrink=allow_shrink,
                 on_locked=run.begin,
             )
-        s = result.stats
         record = run.record
-        record.generation = result.generation
-        record.bytes, record.files = result.archive_size, s.files
-        record.details = {"source_bytes": s.bytes, "unreadable_paths": len(s.problems)}
-        record.exit_code = ExitCode.PARTIAL if result.partial else ExitCode.SUCCESS
-        if result.failed_dumps:
-            failed = result.failed_dumps
-            record.message = (
-                f"{len(failed)} database dump(s) failed, e.g. {failed[0].project}/"
-                f"{failed[0].service}: {failed[0].error}"
-            )
-        elif result.partial:
-            record.message = (
-                f"{len(s.problems)} path(s) could not be read completely, e.g. "
-                f"{s.problems[0].path}: {s.problems[0].problem}"
-            )
+        _record_backup(record, result)
         _report_backup(ctx, result, show)
     # After the run is recorded (log line, state, alerts, ping): prune is a step of
     # its own, and its failure never changes the backup's outcome or exit code.
     retention = host.config.backup.retention
     if retention is not None and retention.prune_after_backup:
-        _prune_after_backup(ctx, host, target_choice, show)
+        for stored in result.targets:
+            if stored.ok:
+                _prune_after_backup(ctx, host, stored.name, show)
     return record.exit_code
+
+
+def _record_backup(record: RunRecord, result: BackupResult) -> None:
+    """The run's record: figures, per-target details, and why it is partial."""
+    s = result.stats
+    record.generation = result.generation
+    record.bytes, record.files = result.archive_size, s.files
+    record.details = {"source_bytes": s.bytes, "unreadable_paths": len(s.problems)}
+    if len(result.targets) > 1:
+        failed_targets = result.failed_targets
+        record.details["targets_stored"] = len(result.targets) - len(failed_targets)
+        record.details["targets_failed"] = len(failed_targets)
+        record.details["targets"] = [t.as_dict() for t in result.targets]
+    record.exit_code = ExitCode.PARTIAL if result.partial else ExitCode.SUCCESS
+    messages = []
+    for target in result.failed_targets:
+        assert target.error is not None
+        messages.append(f"target {target.name} FAILED: {target.error.message}")
+    if result.failed_dumps:
+        failed = result.failed_dumps
+        messages.append(
+            f"{len(failed)} database dump(s) failed, e.g. {failed[0].project}/"
+            f"{failed[0].service}: {failed[0].error}"
+        )
+    elif s.problems:
+        messages.append(
+            f"{len(s.problems)} path(s) could not be read completely, e.g. "
+            f"{s.problems[0].path}: {s.problems[0].problem}"
+        )
+    if messages:
+        record.message = "; ".join(messages)
 
 
 def _prune_after_backup(
@@ -119,21 +138,32 @@ def _where(host: Host, choice: str | None) -> str | None:
     from itsup.generation import location
 
     try:
-        target, prefix = host.target(choice)
+        opened = [host.target(name) for name in host.target_names(choice)]
     except ItsupError:
         return None
-    return location(target, prefix)
+    return ", ".join(location(target, prefix) for target, prefix in opened)
 
 
 def _report_backup(ctx: click.Context, result: BackupResult, show: bool) -> None:
     s = result.stats
+    several = len(result.targets) > 1
     if show or ctx.obj["verbose"]:
+        where = f"{len(result.targets)} targets" if several else result.target
         out.print(
             f"{result.generation}: {s.files} files, {human_bytes(s.bytes)} -> "
             f"{human_bytes(result.archive_size)} in {result.seconds:.1f} s "
-            f"({result.target}/{result.archive_key})",
+            + (f"(to {where})" if several else f"({where}/{result.archive_key})"),
         )
-    if result.partial:  # each path is also a WARNING record in logs/backup.log
+        for t in result.targets if several else ():
+            if t.ok:
+                out.print(
+                    f"  {t.name}: {result.generation} stored, {human_bytes(t.archive_size)} in "
+                    f"{t.seconds:.1f} s ({t.where})"
+                )
+            else:  # also its ERROR record, on stderr and in logs/backup.log
+                assert t.error is not None
+                out.print(f"  {t.name}: FAILED, nothing stored ({t.where}): {t.error.message}")
+    if s.problems:  # each path is also a WARNING record in logs/backup.log
         failed = result.failed_dumps
         others = [p for p in s.problems if not p.problem.startswith("dump failed: ")]
         if failed:
