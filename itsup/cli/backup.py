@@ -367,14 +367,18 @@ def check_cmd(ctx: click.Context, target_choice: str | None, max_age: str | None
     seconds = limit if limit is not None else host.config.backup.monitoring.max_age
     with monitored(host.layout, host.config, "check") as run:
         run.record.details = {"max_age_seconds": seconds}
-        st = check(host, seconds, target_choice)
-        run.record.target, run.record.generation = st.where, st.newest
+        run.record.target = _where(host, target_choice)
+        checked = check(host, seconds, target_choice)
+        st = max(checked, key=lambda t: t.age_seconds or 0)  # the oldest newest backup
+        run.record.generation = st.newest
         run.record.details["age_seconds"] = round(st.age_seconds or 0)
         if ctx.obj["verbose"] or interactive():
-            out.print(
-                f"ok: {st.newest} is {format_duration(st.age_seconds or 0)} old "
-                f"(limit {format_duration(seconds)})",
-            )
+            for st in checked:
+                name = f"{st.name}: " if len(checked) > 1 else ""
+                out.print(
+                    f"ok: {name}{st.newest} is {format_duration(st.age_seconds or 0)} old "
+                    f"(limit {format_duration(seconds)})",
+                )
     return ExitCode.SUCCESS
 
 
