@@ -159,8 +159,8 @@ def _verify_every_target(
             _show_verify(verified, False)
     damaged = [(n, e) for n, r in results if (e := r.error()) is not None]
     if damaged:  # the error raised names the damage; these are said here
-        for name, exc in errors:
-            log.error("target %s: %s", name, exc.message)
+        for name, unread in errors:
+            log.error("target %s: %s", name, unread.message)
     for found in (damaged, errors):
         if found:
             first = found[0][1]
