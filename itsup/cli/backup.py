@@ -382,6 +382,54 @@ def check_cmd(ctx: click.Context, target_choice: str | None, max_age: str | None
     return ExitCode.SUCCESS
 
 
+@backup.command("sync")
+@click.option("--from", "source", required=True, metavar="NAME", help="The target to copy from.")
+@click.option("--to", "dest", required=True, metavar="NAME", help="The target to copy to.")
+@click.option("--dry-run", is_flag=True, help="Show what would be copied; copy nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def sync_cmd(ctx: click.Context, source: str, dest: str, dry_run: bool, as_json: bool) -> int:
+    """Copy the complete generations on --from that --to lacks, then point its latest.
+
+    Server-side between two S3 targets of one service (same endpoint and
+    credentials), else streamed through this host. Each copy is checked on
+    --to (size and SHA-256 against the manifest) before its manifest is
+    written. A generation that does not match its manifest on --from is not
+    copied, and named (exit 5). A second run copies nothing.
+    """
+    from itsup.actions.sync import run_sync
+    from itsup.errors import UsageError
+
+    host = open_host(ctx)
+    host.require_backup_section()
+    for option, name in (("--from", source), ("--to", dest)):
+        problem = host.config.backup.unknown_target(name)
+        if problem is not None:
+            raise UsageError(f"{option} {name}: {problem}")
+    result = run_sync(host, source, dest, dry_run=dry_run)
+    if as_json:
+        out.print(json.dumps(result.as_dict(), indent=2))
+    else:
+        for row in result.rows:
+            detail = row.error or human_bytes(row.bytes)
+            if row.action == "copied":
+                detail += f" in {row.seconds:.1f} s"
+            out.print(f"{row.name}  {row.action.upper() if row.error else row.action}: {detail}")
+        verb = "would copy" if dry_run else "copied"
+        count = len(result.rows) - len(result.failed) if dry_run else len(result.copied)
+        latest = f"; latest there: {result.latest}" if result.latest and not dry_run else ""
+        out.print(
+            f"sync {source} -> {dest} ({result.how}): {verb} {count} generation(s), "
+            f"{result.present} already there"
+            + (f", {len(result.failed)} NOT copied" if result.failed else "")
+            + latest
+        )
+    error = result.error()
+    if error is not None:
+        raise error
+    return ExitCode.SUCCESS
+
+
 @backup.command("prune")
 @TARGET
 @click.option("--dry-run", is_flag=True, help="Show what would be removed; remove nothing.")
