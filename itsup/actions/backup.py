@@ -244,7 +244,7 @@ def run_backup(
                 done.extend(records)
                 return members
 
-            digest, stats = stream_archive(
+            digest, stats, fanout = stream_archive(
                 host, ready, f"{name}{suffix}", index, recipients, on_bytes, guard,
                 plans=plans, extras=after_tree,
             )  # fmt: skip
@@ -255,7 +255,11 @@ def run_backup(
         )  # fmt: skip
         # 2.-4. on each target at once: archive committed, file index, manifest (the
         #       commit point of the generation), then the `latest` alias
-        _finish_targets(host, [run for run in ready if run.outcome.error is None], generation)
+        try:
+            _finish_targets(host, [run for run in ready if run.outcome.error is None], generation)
+        finally:
+            if fanout is not None:  # a dropped target's upload aborts once its write returns
+                fanout.close()
         return _result(runs, generation, started)
 
 
@@ -441,11 +445,12 @@ def stream_archive(
     *,
     plans: list[ProjectPlan] | None = None,
     extras: Callable[[], list[tuple[str, str]]] | None = None,
-) -> tuple[tuple[int, str], Stats]:
+) -> tuple[tuple[int, str], Stats, FanOut | None]:
     """walk -> tar -> compress -> encrypt -> hash (`codec.encode`) -> each target's
     upload (`pipeline.fanout` when there are several); abort the uploads on any
-    failure. Returns the archive's (size, SHA-256) and the run's figures; the
-    uploads that did not fail are whole and wait for their commit.
+    failure. Returns the archive's (size, SHA-256), the run's figures and the
+    fan-out (to `close` once the targets are done); the uploads that did not fail
+    are whole and wait for their commit.
 
     The live data folders of dumped engines (`plans`) are left out of the walk;
     `extras` adds the dumps after it. `before_commit` sees the run's figures
@@ -484,7 +489,7 @@ def stream_archive(
             if run.writer is not None and run.outcome.error is None:
                 run.writer.abort()
         raise
-    return (encoded.size, encoded.sha256), encoded.stats
+    return (encoded.size, encoded.sha256), encoded.stats, fanout
 
 
 def _open_writers(runs: list[_TargetRun], name: str, stall_timeout: float) -> FanOut | None:
