@@ -81,9 +81,10 @@ def test_one_run_writes_the_same_generation_to_every_target(
     assert manifests(offsite) == manifests(folder) and len(manifests(folder)) == 1
     name = manifests(folder)[0].removesuffix(".manifest.json")
     archive = f"{name}.tar.gz"
-    assert hashlib.sha256(offsite.read(archive)).hexdigest() == hashlib.sha256(
-        folder.read(archive)
-    ).hexdigest()
+    assert (
+        hashlib.sha256(offsite.read(archive)).hexdigest()
+        == hashlib.sha256(folder.read(archive)).hexdigest()
+    )
     m_s3 = json.loads(offsite.read(f"{name}.manifest.json"))
     m_usb = json.loads(folder.read(f"{name}.manifest.json"))
     assert m_s3["archive"]["sha256"] == m_usb["archive"]["sha256"]
