@@ -60,6 +60,8 @@ from itsup.pipeline.stream import Writable
 from itsup.storage import ObjectWriter, Target
 
 log = logging.getLogger("itsup.backup")
+# Seconds a failed run waits for a dropped target's thread to abort its upload.
+FAILED_RUN_GRACE = 5.0
 
 
 @dataclass
@@ -483,7 +485,9 @@ def stream_archive(
             before_commit(encoded.stats)
     except BaseException:
         if fanout is not None:
-            fanout.close()
+            # A failed run (or ^C) does not wait long for a stuck target: an upload it
+            # cannot abort now is discarded by the next backup's cleanup.
+            fanout.close(grace=FAILED_RUN_GRACE)
             _drop_failed(runs, fanout)
         for run in runs:
             if run.writer is not None and run.outcome.error is None:
