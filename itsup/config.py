@@ -10,6 +10,7 @@ placeholder are secret-aware: they print as `***`.
 from __future__ import annotations
 
 import difflib
+import itertools
 import os
 import posixpath
 import re
@@ -109,6 +110,37 @@ class Strict(BaseModel):
     model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
 
 
+class ObjectLockConfig(Strict):
+    """`object_lock:` of an S3 target: the retention every object of a backup gets."""
+
+    mode: Literal["GOVERNANCE", "COMPLIANCE"]
+    days: Count = Field(ge=1, le=36500)
+
+
+OptionalDays = Annotated[Count, Field(ge=1, le=36500)] | None
+
+
+class LifecycleConfig(Strict):
+    """`lifecycle:` of an S3 target: the bucket's lifecycle rules for itsup's prefix
+    (the spec's numbers by default). `null` leaves a step out."""
+
+    ia_days: Annotated[Count, Field(ge=30, le=36500)] | None = 30  # S3's minimum for IA
+    glacier_days: OptionalDays = 90
+    expire_days: OptionalDays = 365
+    # Old versions (a versioned bucket: every `latest` copy replaced) go this long
+    # after they stopped being current.
+    noncurrent_days: Annotated[Count, Field(ge=1, le=36500)] = 30
+
+    @model_validator(mode="after")
+    def _in_order(self) -> LifecycleConfig:
+        steps = [(k, getattr(self, k)) for k in ("ia_days", "glacier_days", "expire_days")]
+        given = [(k, v) for k, v in steps if v is not None]
+        for (k1, v1), (k2, v2) in itertools.pairwise(given):
+            if v2 <= v1:
+                raise ValueError(f"{k2} ({v2}) must come after {k1} ({v1})")
+        return self
+
+
 class S3Options(Strict):
     """How an S3 target is reached: everything but where (bucket and prefix)."""
 
@@ -128,6 +160,25 @@ class S3Options(Strict):
     connect_timeout: Count = Field(default=10, ge=1, le=600)
     read_timeout: Count = Field(default=60, ge=1, le=3600)
     max_attempts: Count = Field(default=8, ge=1, le=20)
+    # Which checksums boto3 adds and checks: `when_required` (only where S3
+    # demands one; some S3-compatible providers refuse the newer CRC headers)
+    # or `when_supported` (boto3's own default: a CRC on every upload).
+    checksum: Literal["when_required", "when_supported"] = "when_required"
+    # Immutable backups: every object a backup writes carries this retention
+    # (the bucket must have Object Lock enabled: `itsup backup setup-bucket`).
+    object_lock: ObjectLockConfig | None = None
+    # What `itsup backup setup-bucket` applies to the bucket (and `doctor` checks):
+    # the lifecycle of generations, and default encryption (SSE-S3, or SSE-KMS
+    # with `kms_key_id`).
+    lifecycle: LifecycleConfig = Field(default_factory=lambda: LifecycleConfig())
+    sse: Literal["AES256", "aws:kms"] = "AES256"
+    kms_key_id: str | None = Field(default=None, min_length=1, max_length=2048)
+
+    @model_validator(mode="after")
+    def _kms_key_needs_kms(self) -> S3Options:
+        if self.kms_key_id is not None and self.sse != "aws:kms":
+            raise ValueError("kms_key_id is for sse: aws:kms (SSE-KMS); set sse: aws:kms too")
+        return self
 
     @field_validator("endpoint")
     @classmethod

@@ -94,6 +94,18 @@ class Host:
                 )
         raise AssertionError("target_names is never empty")
 
+    def target_settings(self, choice: str | None = None) -> TargetSettings:
+        """The settings of the target named `choice` (default as for `target`), for
+        commands that configure its bucket rather than read or write generations."""
+        self.require_backup_section()
+        name = choice or self.config.backup.default_target
+        self.check_target_name(name)
+        return self.config.backup.target_settings(name)
+
+    def target_spec(self, settings: TargetSettings) -> TargetSpec:
+        """What `open_target` needs to open the target `settings` describe."""
+        return self._spec(settings)
+
     def _spec(self, target: TargetSettings) -> TargetSpec:
         if target.scheme == "file":
             folder = Path(target.location).expanduser()
@@ -132,6 +144,8 @@ class Host:
             "connect_timeout": s3.connect_timeout,
             "read_timeout": s3.read_timeout,
             "max_attempts": s3.max_attempts,
+            "checksum": s3.checksum,
+            "object_lock": (s3.object_lock.mode, s3.object_lock.days) if s3.object_lock else None,
         }
 
 

@@ -14,7 +14,10 @@ Deletes, by cleanup and by retention (`actions/prune.py`), go the other way: the
 first (which un-commits the generation: from that instant it is a leftover
 nothing restores), then the index, then the archive, one object at a time
 (some S3-compatible servers refuse bulk deletes). Never deleted: the newest
-complete generation, and the generation `latest` is a copy of.
+complete generation, the generation `latest` is a copy of, and a generation
+any of whose objects is still under Object Lock retention (`lock_of`: a
+delete would only hide it behind a delete marker, unrestorable by itsup while
+its bytes stay stored and paid for until the retention ends).
 
 What failed runs leave behind is removed by the next backup: unfinished
 uploads at once (the host lock says no run of this host is writing), and
@@ -30,11 +33,12 @@ import json
 import logging
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 
-from itsup.errors import ItsupError, NoBackupError, StorageError
+from itsup.errors import ItsupError, NoBackupError, NotFoundError, StorageError
 from itsup.generation import LATEST, Generation, scan, select_generation
 from itsup.manifest import Manifest, ObjectRef
-from itsup.storage.base import ObjectWriter, Target
+from itsup.storage.base import ObjectWriter, Retention, Target
 
 log = logging.getLogger("itsup.lifecycle")
 # Leftovers younger than this are left alone (see the module docstring).
@@ -45,6 +49,23 @@ POINTER = f"{LATEST}.json"  # {"generation": NAME, "archive": KEY}: what `latest
 
 class ProtectedGeneration(ItsupError):
     """A delete of the newest complete generation, or of the one `latest` copies."""
+
+
+class LockedGeneration(ItsupError):
+    """A delete of a generation whose objects are still under Object Lock retention."""
+
+    def __init__(self, name: str, lock: Retention) -> None:
+        super().__init__(
+            f"{name} is under Object Lock ({lock.mode}) until {format_until(lock.until)}; "
+            "it is kept until then"
+        )
+        self.generation = name
+        self.lock = lock
+
+
+def format_until(seconds: float) -> str:
+    """A retain-until time as the operator reads it: `2026-04-15 03:00 UTC`."""
+    return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
 
 
 @dataclass
@@ -98,6 +119,22 @@ class GenerationStore:
             if any(info.size in sizes for s, info in gen.objects.items() if s.startswith("tar"))
         }
 
+    def lock_of(self, gen: Generation, now: float | None = None) -> Retention | None:
+        """The Object Lock retention that still holds `gen`: that of its object locked
+        longest, or None when none of its objects is locked now (one HeadObject each)."""
+        moment = time.time() if now is None else now
+        longest: Retention | None = None
+        for suffix in gen.objects:
+            try:
+                lock = self.target.retention(f"{self.prefix}{gen.name}.{suffix}")
+            except NotFoundError:
+                continue
+            if lock is None or not lock.active(moment):
+                continue
+            if longest is None or lock.until > longest.until:
+                longest = lock
+        return longest
+
     def protected(self, found: list[Generation]) -> set[str]:
         """Names of the generations that are never deleted: the newest complete
         one, and the one `latest` is a copy of."""
@@ -150,8 +187,13 @@ class GenerationStore:
             ) from None
         for other in LATEST_SUFFIXES:
             key = f"{self.prefix}{LATEST}{other}"
-            if key != latest_key:
-                self.target.delete(key)
+            if key == latest_key:
+                continue
+            try:
+                self.target.stat(key)  # a key that may not delete still backs up
+            except NotFoundError:
+                continue
+            self.target.delete(key)
         return latest_key
 
     # -- deleting -----------------------------------------------------------------------
@@ -161,14 +203,18 @@ class GenerationStore:
 
         `found` is the current listing (to know what is protected). Refuses
         (ProtectedGeneration) the newest complete generation and what `latest`
-        copies. A run killed half way leaves an incomplete generation, which the
-        next cleanup removes.
+        copies, and (LockedGeneration, saying until when) one still under Object
+        Lock retention. A run killed half way leaves an incomplete generation, which
+        the next cleanup removes.
         """
         if gen.name in self.protected(found):
             raise ProtectedGeneration(
                 f"{gen.name} is the newest complete generation or what latest is a copy "
                 "of; it is never deleted"
             )
+        lock = self.lock_of(gen)
+        if lock is not None:
+            raise LockedGeneration(gen.name, lock)
         return self._delete_objects(gen)
 
     def _delete_objects(self, gen: Generation) -> list[str]:
@@ -211,7 +257,17 @@ class GenerationStore:
             log.info("discarded %d unfinished upload(s) left by an interrupted run", done.uploads)
         listing = self.generations() if found is None else found
         for gen in self.stale_leftovers(listing, grace_seconds):
-            keys = self._delete_objects(gen)
+            try:
+                lock = self.lock_of(gen)
+                if lock is not None:
+                    log.info("%s", LockedGeneration(gen.name, lock).message)
+                    continue
+                keys = self._delete_objects(gen)
+            except StorageError as exc:
+                # A key that may not delete (prune and cleanup run elsewhere) still
+                # backs up: the leftover stays for the key that may.
+                log.warning("leftover %s not removed: %s", gen.name, exc.message)
+                continue
             done.orphans += keys
             log.info(
                 "removed %s, left without a manifest by a run that did not finish: %s",

@@ -39,6 +39,7 @@ from helpers import (  # noqa: F401
     setup_host,
     write_config,
 )
+from motoserver import start_moto_server
 from s3server import S3Server, start_s3_server
 
 TESTS = Path(__file__).resolve().parent
@@ -110,6 +111,17 @@ def pytest_sessionfinish(session: pytest.Session, exitstatus: int) -> None:
 def s3_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
     """One real S3 server per session, that is per xdist worker."""
     server = start_s3_server(tmp_path_factory.mktemp("s3"))
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture(scope="session")
+def moto_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[S3Server]:
+    """moto's S3 server (bucket configuration APIs), one per session, that is per
+    xdist worker; its `bucket` is empty: make one with `motoserver.new_bucket`."""
+    server = start_moto_server(tmp_path_factory.mktemp("moto"))
     try:
         yield server
     finally:

@@ -29,7 +29,7 @@ from itsup.durations import format_duration
 from itsup.errors import ConfigError
 from itsup.generation import Generation, location
 from itsup.host import Host
-from itsup.lifecycle import GenerationStore
+from itsup.lifecycle import GenerationStore, LockedGeneration, format_until
 from itsup.lock import host_lock
 from itsup.retention import UNLIMITED, apply_policy, time_zone
 
@@ -255,6 +255,12 @@ def _remove(
     for row in reversed(rows):  # oldest first
         if row.action != "remove" or not row.complete:
             continue
-        keys = store.delete_generation(by_name[row.name], found)
+        try:
+            keys = store.delete_generation(by_name[row.name], found)
+        except LockedGeneration as exc:  # Object Lock: the store itself would refuse
+            row.action = "keep"
+            row.note = f"locked ({exc.lock.mode}) until {format_until(exc.lock.until)}"
+            log.info("%s", exc.message)
+            continue
         result.deleted += keys
         log.info("removed %s (not kept by backup.retention): %d object(s)", row.name, len(keys))

@@ -23,12 +23,13 @@ import shutil
 import tempfile
 import time
 from dataclasses import dataclass, field
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, BinaryIO
 
 from itsup.agekeys import default_identity_file, load_identities
 from itsup.dumps.checks import check_dump
-from itsup.errors import IntegrityError, NotFoundError
+from itsup.errors import IntegrityError, NotFoundError, StorageError
 from itsup.generation import (
     LATEST,
     Generation,
@@ -41,6 +42,7 @@ from itsup.generation import (
 )
 from itsup.host import Host
 from itsup.index import load_index
+from itsup.lifecycle import GenerationStore
 from itsup.manifest import Entry, Manifest, ObjectRef, read_index
 from itsup.pipeline.check import check_archive
 from itsup.pipeline.stream import hash_stream
@@ -79,6 +81,9 @@ class GenerationCheck:
     seconds: float = 0.0
     # Database dumps: each checked against its SHA-256 and for structure.
     dumps: list[dict[str, Any]] = field(default_factory=list)
+    # Object Lock: {"mode", "retain_until" (ISO 8601, UTC)} of the object locked
+    # longest, None when none is locked (or the key may not read retention).
+    lock: dict[str, str] | None = None
 
     @property
     def reason(self) -> str | None:
@@ -238,9 +243,21 @@ def verify_generation(
     check = GenerationCheck(gen.name)
     try:
         _verify(target, prefix, gen, identities, subset, rng, check)
+        check.lock = lock_record(GenerationStore(target, prefix), gen)
     finally:
         check.seconds = time.monotonic() - started
     return check
+
+
+def lock_record(store: GenerationStore, gen: Generation) -> dict[str, str] | None:
+    """The generation's Object Lock as verify reports it; None when unlocked or unknown."""
+    try:
+        lock = store.lock_of(gen)
+    except StorageError:
+        return None  # not the generation's fault: the check itself says what it found
+    if lock is None:
+        return None
+    return {"mode": lock.mode, "retain_until": datetime.fromtimestamp(lock.until, UTC).isoformat()}
 
 
 def _verify(

@@ -478,7 +478,15 @@ def _prune_summary(result: PruneResult) -> str:
     details.append(f"{len(result.deleted)} object(s)")
     if result.uploads:
         details.append(f"{result.uploads} unfinished upload(s) discarded")
-    return (
-        f"prune: removed {len(removed)} generation(s) ({'; '.join(details)}), "
-        f"kept {len(result.kept)}, in {result.seconds:.1f} s"
+    locked = [
+        f"{r.name}: not removed: {r.note}; kept until then"
+        for r in result.rows
+        if r.note and r.note.startswith("locked")
+    ]
+    return "\n".join(
+        [
+            *locked,
+            f"prune: removed {len(removed)} generation(s) ({'; '.join(details)}), "
+            f"kept {len(result.kept)}, in {result.seconds:.1f} s",
+        ]
     )

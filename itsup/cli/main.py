@@ -44,12 +44,14 @@ def cli(ctx: click.Context, root: str | None, verbose: int) -> None:
 
 
 def _register() -> None:
-    from itsup.cli import backup, init, restore, schedule, secrets, snapshot, verify
+    from itsup.cli import backup, bucket, init, restore, schedule, secrets, snapshot, verify
 
     cli.add_command(backup.backup)
     backup.backup.add_command(verify.verify)
     backup.backup.add_command(verify.drill)
     backup.backup.add_command(schedule.schedule)
+    for command in (bucket.setup_bucket, bucket.doctor, bucket.iam_policy):
+        backup.backup.add_command(command)
     cli.add_command(restore.restore)
     cli.add_command(init.init)
     cli.add_command(secrets.keygen)

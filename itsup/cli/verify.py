@@ -168,6 +168,13 @@ def _verify_every_target(
             raise first
 
 
+def _lock(lock: dict[str, str] | None) -> str:
+    """`COMPLIANCE 2026-04-15 03:00 UTC`, or `-` for a generation not locked."""
+    if not lock:
+        return "-"
+    return f"{lock['mode']} {lock['retain_until'][:16].replace('T', ' ')} UTC"
+
+
 def _show_verify(result: VerifyResult, as_json: bool) -> None:
     if as_json:
         out.print(json.dumps(result.as_dict(), indent=2))
@@ -177,6 +184,9 @@ def _show_verify(result: VerifyResult, as_json: bool) -> None:
     table.add_column("result", overflow="fold")
     for col in ("objects", "bytes read", "files hashed", "db dumps", "seconds"):
         table.add_column(col, justify="right")
+    locked = any(g.lock for g in result.generations)
+    if locked:
+        table.add_column("locked until")
     for g in result.generations:
         words = "FAILED" if g.result == "failed" else g.result
         label = Text(words, style=_STYLE[g.result])
@@ -190,6 +200,7 @@ def _show_verify(result: VerifyResult, as_json: bool) -> None:
             str(g.files_hashed) if g.files_sampled or g.files_hashed else "-",
             str(len(g.dumps)) if g.dumps else "-",
             f"{g.seconds:.1f}",
+            *([_lock(g.lock)] if locked else []),
         )
     out.print(table)
     dumps = sum(len(g.dumps) for g in result.generations)

@@ -13,7 +13,14 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from itsup.errors import ConfigError
-from itsup.storage.base import ObjectInfo, ObjectWriter, Target, TargetSpec, TransientError
+from itsup.storage.base import (
+    ObjectInfo,
+    ObjectWriter,
+    Retention,
+    Target,
+    TargetSpec,
+    TransientError,
+)
 from itsup.storage.logged import LoggedTarget
 from itsup.storage.retry import RetryingTarget
 
@@ -21,6 +28,7 @@ __all__ = [
     "OPENERS",
     "ObjectInfo",
     "ObjectWriter",
+    "Retention",
     "Target",
     "TargetSpec",
     "TransientError",

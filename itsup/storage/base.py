@@ -53,6 +53,18 @@ class ObjectInfo:
     modified: float  # POSIX seconds
 
 
+@dataclass(frozen=True)
+class Retention:
+    """An object's Object Lock retention: it cannot be deleted or overwritten
+    (that version of it) before `until`."""
+
+    mode: str  # GOVERNANCE | COMPLIANCE
+    until: float  # POSIX seconds
+
+    def active(self, now: float) -> bool:
+        return self.until > now
+
+
 class ObjectWriter(Protocol):
     """A streaming upload. Nothing is visible under the key until `commit`."""
 
@@ -104,4 +116,9 @@ class Target(Protocol):
 
     def cleanup_incomplete(self, prefix: str) -> int:
         """Discard uploads that were started and never committed; return how many."""
+        ...
+
+    def retention(self, key: str) -> Retention | None:
+        """The object's Object Lock retention, None when it has none (or the target
+        keeps none: a folder). Prune and cleanup skip an object still locked."""
         ...

@@ -18,7 +18,7 @@ from typing import BinaryIO
 
 from itsup.errors import NotFoundError, StorageError
 from itsup.fsutil import fsync_dir
-from itsup.storage.base import ObjectInfo
+from itsup.storage.base import ObjectInfo, Retention
 
 PARTIAL_MARK = ".partial-"
 # Backups hold acme.json's private keys and volumes' data: only the owner reads them.
@@ -200,3 +200,8 @@ class LocalTarget:
                             full.unlink()
                             removed += 1
         return removed
+
+    def retention(self, key: str) -> Retention | None:
+        """A folder keeps no Object Lock retention: its objects are never locked."""
+        self.stat(key)  # NotFoundError for a missing key, as on S3
+        return None

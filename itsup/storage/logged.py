@@ -14,7 +14,7 @@ from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
 
 from itsup.errors import ItsupError
-from itsup.storage.base import ObjectInfo, ObjectWriter, Target
+from itsup.storage.base import ObjectInfo, ObjectWriter, Retention, Target
 
 log = logging.getLogger("itsup.storage")
 T = TypeVar("T")
@@ -125,3 +125,6 @@ class LoggedTarget:
         return _timed(
             self.name, f"clean up {prefix}", lambda: self.inner.cleanup_incomplete(prefix)
         )
+
+    def retention(self, key: str) -> Retention | None:
+        return _timed(self.name, f"retention {key}", lambda: self.inner.retention(key))

@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import BinaryIO, TypeVar
 
-from itsup.storage.base import ObjectInfo, ObjectWriter, Target, TransientError
+from itsup.storage.base import ObjectInfo, ObjectWriter, Retention, Target, TransientError
 
 log = logging.getLogger("itsup.storage")
 T = TypeVar("T")
@@ -110,3 +110,6 @@ class RetryingTarget:
 
     def cleanup_incomplete(self, prefix: str) -> int:
         return self._again(f"clean up {prefix}", lambda: self.inner.cleanup_incomplete(prefix))
+
+    def retention(self, key: str) -> Retention | None:
+        return self._again(f"retention {key}", lambda: self.inner.retention(key))

@@ -25,7 +25,9 @@ body breaks off is retried by `storage/retry.py`.
 
 from __future__ import annotations
 
+import base64
 import contextlib
+import hashlib
 import io
 import tempfile
 import threading
@@ -33,6 +35,7 @@ from collections import deque
 from collections.abc import Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
 import boto3
@@ -40,7 +43,7 @@ from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
 
 from itsup.errors import NotFoundError, StorageError
-from itsup.storage.base import ObjectInfo, TransientError
+from itsup.storage.base import ObjectInfo, Retention, TransientError
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -88,6 +91,23 @@ def _describe(exc: Exception) -> str:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def content_md5(body: bytes | bytearray | BinaryIO) -> str:
+    """The Content-MD5 header of a request body (base64 of its MD5), which S3 demands
+    of every PutObject and UploadPart that writes an object under Object Lock
+    retention. botocore no longer computes it (since 1.36 its flexible checksums,
+    CRC32, replace it, and only with `checksum: when_supported`), so it is given
+    explicitly. A file body is read through and rewound."""
+    digest = hashlib.md5(usedforsecurity=False)
+    if isinstance(body, bytes | bytearray):
+        digest.update(body)
+    else:
+        start = body.tell()
+        while chunk := body.read(READ_CHUNK):
+            digest.update(chunk)
+        body.seek(start)
+    return base64.b64encode(digest.digest()).decode("ascii")
 
 
 @dataclass(frozen=True)
@@ -190,6 +210,7 @@ class S3Writer:
                 PartNumber=number,
                 # The part's own buffer, sent without a copy (the stubs list bytes only).
                 Body=body,  # type: ignore[arg-type]
+                **self.t.md5_args(body),
             )
         finally:
             if not isinstance(body, bytearray):
@@ -511,8 +532,12 @@ class S3Target:
         connect_timeout: float = 10,
         read_timeout: float = 60,
         max_attempts: int = 8,
+        checksum: str = "when_required",
+        object_lock: tuple[str, int] | None = None,
     ) -> None:
         self.bucket = bucket
+        # (mode, days): every object written gets that Object Lock retention.
+        self.object_lock = object_lock
         self.name = f"s3://{bucket}" + (f" at {endpoint}" if endpoint else "")
         # Two targets with the same service copy between them server-side (`transfer`).
         self.service = ("s3", endpoint or "", access_key_id or "")
@@ -529,8 +554,9 @@ class S3Target:
             s3={"addressing_style": addressing_style},  # type: ignore[arg-type]
             # Checksums beyond what S3 requires cost CPU and are refused by some
             # S3-compatible providers; integrity is checked end to end by SHA-256.
-            request_checksum_calculation="when_required",
-            response_checksum_validation="when_required",
+            # `checksum: when_supported` turns boto3's CRC checksums back on.
+            request_checksum_calculation=checksum,  # type: ignore[arg-type]
+            response_checksum_validation=checksum,  # type: ignore[arg-type]
         )
         session = boto3.session.Session(
             aws_access_key_id=access_key_id,
@@ -544,7 +570,32 @@ class S3Target:
         self._lock = threading.Lock()
 
     def extra_args(self) -> dict[str, Any]:
-        return {"StorageClass": self.storage_class} if self.storage_class else {}
+        """What every object written gets: the storage class, and the Object Lock
+        retention (mode and retain-until date, counted from now) when configured."""
+        args: dict[str, Any] = {"StorageClass": self.storage_class} if self.storage_class else {}
+        if self.object_lock is not None:
+            mode, days = self.object_lock
+            args["ObjectLockMode"] = mode
+            args["ObjectLockRetainUntilDate"] = datetime.now(UTC) + timedelta(days=days)
+        return args
+
+    def md5_args(self, body: bytes | bytearray | BinaryIO) -> dict[str, Any]:
+        """`ContentMD5` for a body written under Object Lock (S3 refuses the write
+        without it, or a flexible checksum), else nothing."""
+        return {"ContentMD5": content_md5(body)} if self.object_lock is not None else {}
+
+    def retention(self, key: str) -> Retention | None:
+        """The object's Object Lock retention (from HeadObject), None when it has none.
+
+        HeadObject shows it only to a key allowed s3:GetObjectRetention; without
+        that permission an object looks unlocked here (a delete then fails with
+        AccessDenied, which the caller reports).
+        """
+        resp = self._call("checking", key, self.client.head_object, Key=key)
+        mode, until = resp.get("ObjectLockMode"), resp.get("ObjectLockRetainUntilDate")
+        if not mode or until is None:
+            return None
+        return Retention(str(mode), until.timestamp())
 
     def _call(self, what: str, key: str, fn: Any, **kwargs: Any) -> Any:
         try:
@@ -572,7 +623,15 @@ class S3Target:
 
     def put_body(self, key: str, body: bytes | bytearray | BinaryIO) -> None:
         """One PutObject (at most MAX_PART bytes) from bytes or a seekable file."""
-        self._call("writing", key, self.client.put_object, Key=key, Body=body, **self.extra_args())
+        self._call(
+            "writing",
+            key,
+            self.client.put_object,
+            Key=key,
+            Body=body,
+            **self.md5_args(body),
+            **self.extra_args(),
+        )
 
     def get(self, key: str) -> bytes:
         """The whole object. A body that breaks off after its request succeeded is a
@@ -618,7 +677,10 @@ class S3Target:
         size = self.stat(src).size
         if size > MAX_OBJECT:  # a provider with a higher limit may hold one
             raise _too_large(self.name, dst, size)
-        if size <= MAX_PART:
+        # Under Object Lock a copy is a multipart copy (UploadPartCopy): S3 refuses a
+        # CopyObject into a locked bucket without the source's Content-MD5, which an
+        # archive uploaded in parts does not have (and CopyObject cannot carry).
+        if size <= MAX_PART and self.object_lock is None:
             self._call(
                 "copying to",
                 dst,

@@ -2,8 +2,8 @@
 
 Between two S3 targets of the same service (same endpoint and credentials)
 the copy is server-side: CopyObject, or UploadPartCopy parts for objects
-larger than one CopyObject takes (5 GiB), so no byte passes through this
-host. Otherwise the object is streamed: read from the source, hashed on the
+larger than one CopyObject takes (5 GiB) and for any copy into a target
+under Object Lock, so no byte passes through this host. Otherwise the object is streamed: read from the source, hashed on the
 way, written to the destination, and committed only when its size and
 SHA-256 are the ones expected (else the upload is aborted: nothing is left
 under the key).
@@ -50,7 +50,9 @@ def server_copy(source: Target, src_key: str, dest: Target, dst_key: str, size: 
     src, dst = _bare(source), _bare(dest)
     copy_source = {"Bucket": src.bucket, "Key": src_key}
     try:
-        if size <= SINGLE_COPY_LIMIT:
+        # Under Object Lock a copy is a multipart copy, as `S3Target.copy` makes it: S3
+        # refuses a CopyObject into a locked bucket without a Content-MD5 it cannot carry.
+        if size <= SINGLE_COPY_LIMIT and getattr(dst, "object_lock", None) is None:
             dst.client.copy_object(
                 Bucket=dst.bucket, Key=dst_key, CopySource=copy_source, **dst.extra_args()
             )

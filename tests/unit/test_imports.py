@@ -21,6 +21,7 @@ LAYERS = {
     "itsup.__main__": "cli",
     "itsup.cli": "cli",
     "itsup.actions": "actions",
+    "itsup.actions.bucket": "actions",  # setup-bucket, doctor, iam-policy
     # generations: what reads and writes a target's objects as generations
     "itsup.host": "generations",
     "itsup.generation": "generations",
@@ -28,6 +29,7 @@ LAYERS = {
     "itsup.index": "generations",
     "itsup.pipeline": "pipeline",
     "itsup.storage": "storage",
+    "itsup.storage.s3bucket": "storage",  # a bucket's own configuration (setup-bucket, doctor)
     "itsup.dumps": "dumps",
     # domain: the host's things, knowing neither archives' bytes nor storage
     "itsup.manifest": "domain",

@@ -202,6 +202,9 @@ class StubTarget:
     def extra_args(self) -> dict[str, Any]:
         return {}
 
+    def md5_args(self, body: Any) -> dict[str, Any]:
+        return {}  # no Object Lock
+
     def put_body(self, key: str, body: Any) -> None:
         self.stored = bytes(body) if isinstance(body, bytearray) else body.read()
 
