@@ -532,6 +532,9 @@ class BackupConfig(Strict):
     # produce no bytes before it is killed and reported.
     dump_jobs: Count = Field(default=2, ge=1, le=16)
     dump_idle_timeout: Seconds = 300
+    # A backup to several targets waits for a slow one; one that takes nothing for
+    # this long is dropped (it fails, the others go on).
+    target_stall_timeout: Seconds = 300
     # What `itsup backup prune` keeps; None: no policy, prune refuses to run.
     # `retention:` given empty is a policy that keeps nothing, refused.
     retention: Annotated[

@@ -2,16 +2,20 @@
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from itsup.config import ItsupConfig, TargetSettings, load_config, load_secrets
-from itsup.errors import ConfigError, UsageError
+from itsup.errors import ConfigError, NotFoundError, StorageError, UsageError
 from itsup.layout import Layout, find_root
 from itsup.storage import Target, TargetSpec, open_target
 
 MiB = 1024 * 1024
+T = TypeVar("T")
+log = logging.getLogger("itsup.target")
 
 
 @dataclass
@@ -53,6 +57,42 @@ class Host:
             settings = self.config.backup.target_settings(name)
             self._opened[name] = (open_target(self._spec(settings)), settings.prefix)
         return self._opened[name]
+
+    def target_names(self, choice: str | None = None) -> list[str]:
+        """The targets a command works with: `choice` (--target), else `backup.target`,
+        else every configured one in file order. A backup writes to each of them; a
+        command that reads takes the first that answers (`first_answering`)."""
+        self.require_backup_section()
+        if choice:
+            return [choice]
+        if self.config.backup.target:
+            return [self.config.backup.target]
+        return self.config.backup.target_names()
+
+    def first_answering(
+        self, choice: str | None, read: Callable[[Target, str], T]
+    ) -> tuple[str, Target, str, T]:
+        """The first of `target_names(choice)` whose first read (`read(target, prefix)`)
+        succeeds: its name, the target, its prefix and what `read` returned.
+
+        A target that cannot be reached (StorageError, not a missing object) is
+        passed over with a WARNING naming it and the next one is tried; the last
+        one's error is raised when none answers.
+        """
+        names = self.target_names(choice)
+        for number, name in enumerate(names, 1):
+            try:
+                target, prefix = self.target(name)
+                return name, target, prefix, read(target, prefix)
+            except NotFoundError:
+                raise
+            except StorageError as exc:
+                if number == len(names):
+                    raise
+                log.warning(
+                    "target %s cannot be reached, trying %s: %s", name, names[number], exc.message
+                )
+        raise AssertionError("target_names is never empty")
 
     def target_settings(self, choice: str | None = None) -> TargetSettings:
         """The settings of the target named `choice` (default as for `target`), for

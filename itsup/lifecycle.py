@@ -164,6 +164,16 @@ class GenerationStore:
         """3. The manifest: from now on the generation is complete."""
         self.target.put(f"{self.prefix}{manifest.generation}.manifest.json", manifest.to_bytes())
 
+    def commit_bytes(self, generation: str, data: bytes) -> None:
+        """3. A manifest as stored elsewhere (`backup sync`): the generation is complete."""
+        self.target.put(f"{self.prefix}{generation}.manifest.json", data)
+
+    def discard_uncommitted(self, index_key: str, archive_key: str) -> None:
+        """Delete what a copy wrote before its manifest (index first, then archive),
+        when it turned out not to match: it was never offered for restore."""
+        for key in (index_key, archive_key):
+            self.target.delete(key)
+
     def point_latest(self, generation: str, archive_key: str, suffix: str) -> str:
         """4. `latest` becomes a copy of the archive, then `latest.json` names it;
         an alias of another format goes.

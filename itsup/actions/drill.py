@@ -201,10 +201,11 @@ def run_drill(
     """
     clock = time.monotonic()
     now = datetime.now(UTC)
-    target, prefix = host.target(target_choice)
-    gen = select_generation(
-        scan(target, prefix, load_manifests=False), generation, target, location(target, prefix)
+    # Without --target: the first target that answers; the restore reads the same one.
+    target_choice, target, prefix, found = host.first_answering(
+        target_choice, lambda t, p: scan(t, p, load_manifests=False)
     )
+    gen = select_generation(found, generation, target, location(target, prefix))
     assert gen.manifest is not None
     manifest = gen.manifest
     monitoring = host.config.backup.monitoring

@@ -57,5 +57,6 @@ def describe(gen: Generation) -> GenerationRow:
 def list_generations(
     host: Host, target_choice: str | None = None
 ) -> tuple[str, list[GenerationRow]]:
-    target, prefix = host.target(target_choice)
-    return location(target, prefix), [describe(g) for g in scan(target, prefix)]
+    """The generations on the chosen target (without one: the first that answers)."""
+    _name, target, prefix, found = host.first_answering(target_choice, scan)
+    return location(target, prefix), [describe(g) for g in found]

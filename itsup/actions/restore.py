@@ -341,8 +341,11 @@ def plan_restore(
         _take_lock(held, host.layout.lock_file)
     early = None
     try:
-        target, prefix = host.target(options.target_choice)
-        found = scan(target, prefix, load_manifests=False)
+        # Without --target: the first target that answers (an unreachable one is
+        # passed over with a warning).
+        _name, target, prefix, found = host.first_answering(
+            options.target_choice, lambda t, p: scan(t, p, load_manifests=False)
+        )
         gen = select_generation(
             [g for g in found if g.name not in skip], generation, target, location(target, prefix)
         )

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from itsup.errors import ItsupError, StaleError
+from itsup.errors import ExitCode, ItsupError, StaleError
 from itsup.generation import Generation, load_manifest, location, no_backup, scan
 from itsup.host import Host
 from itsup.monitor import load_state
@@ -104,12 +104,35 @@ def status(host: Host, choice: str | None = None) -> Status:
     )
 
 
-def check(host: Host, max_age: float, choice: str | None = None) -> TargetStatus:
-    """The target's status; StaleError when its newest complete backup is older than max_age."""
+def check(host: Host, max_age: float, choice: str | None = None) -> list[TargetStatus]:
+    """Every target's status (`Host.target_names`: the chosen one, `backup.target`, else
+    every configured one); raises when any target fails: StaleError when its newest
+    complete backup is older than max_age, NoBackupError when it has none,
+    StorageError when it cannot be read. With several failing, the error of the
+    first in this order is raised (stale and none before unreachable: both mean
+    backups are not landing, the `stale` alert), its message naming each."""
+    names = host.target_names(choice)
+    statuses, errors = [], []
+    for name in names:
+        st = target_status(host, name)
+        statuses.append(st)
+        try:
+            _check_one(st, max_age)
+        except ItsupError as exc:
+            errors.append((name, exc))
+    if not errors:
+        return statuses
+    rank = {ExitCode.STALE: 0, ExitCode.NO_BACKUP: 1}
+    first = min(errors, key=lambda e: rank.get(e[1].exit_code, 2))[1]
+    if len(names) > 1:
+        first.message = "; ".join(f"target {name}: {exc.message}" for name, exc in errors)
+    raise first
+
+
+def _check_one(st: TargetStatus, max_age: float) -> None:
     from itsup.durations import format_duration
     from itsup.errors import StorageError
 
-    st = target_status(host, choice or host.config.backup.default_target)
     if st.error is not None:
         raise StorageError(st.error)
     limit = format_duration(max_age)
@@ -122,4 +145,3 @@ def check(host: Host, max_age: float, choice: str | None = None) -> TargetStatus
             hint="the scheduled backup is not running or failing: see logs/backup.log "
             "and `itsup backup status`",
         )
-    return st

@@ -43,7 +43,7 @@ from itsup.generation import (
 from itsup.host import Host
 from itsup.index import load_index
 from itsup.lifecycle import GenerationStore
-from itsup.manifest import Entry, Manifest, read_index
+from itsup.manifest import Entry, Manifest, ObjectRef, read_index
 from itsup.pipeline.check import check_archive
 from itsup.pipeline.stream import hash_stream
 from itsup.storage import Target
@@ -310,10 +310,10 @@ def _verify(
     if entries is None:
         # Without an index there is nothing to compare the members with; the object's
         # own SHA-256 still says whether it is what the backup wrote.
-        size, digest = hash_stream(target.open_reader(manifest.archive.key))
-        check.bytes_read += size
-        if size != manifest.archive.size or digest != manifest.archive.sha256:
-            check.fail(f"{manifest.archive.key}: SHA-256 does not match the manifest")
+        check.bytes_read += manifest.archive.size
+        problem = object_problem(target, manifest.archive)
+        if problem is not None:
+            check.fail(problem)
         return
 
     # 4. the archive, streamed as a restore reads it
@@ -418,6 +418,18 @@ def _consistent(manifest: Manifest, prefix: str, gen: Generation, check: Generat
             )
             return False
     return True
+
+
+def object_problem(target: Target, ref: ObjectRef) -> str | None:
+    """Does the stored object `ref` names have its size and SHA-256? None when it
+    does, else what is wrong (the object is read to its end; nothing is written)."""
+    try:
+        size, digest = hash_stream(target.open_reader(ref.key))
+    except NotFoundError:
+        return f"{ref.key} is missing"
+    if size != ref.size or digest != ref.sha256:
+        return f"{ref.key}: SHA-256 does not match the manifest"
+    return None
 
 
 def _object_ok(target: Target, key: str, size: int, label: str, check: GenerationCheck) -> bool:

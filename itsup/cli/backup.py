@@ -17,6 +17,7 @@ from itsup.host import Host
 if TYPE_CHECKING:
     from itsup.actions.backup import BackupResult
     from itsup.actions.prune import PruneResult
+    from itsup.monitor import RunRecord
 
 
 @click.group(invoke_without_command=True)
@@ -54,30 +55,48 @@ def backup(ctx: click.Context, target_choice: str | None, allow_shrink: bool) ->
                 allow_shrink=allow_shrink,
                 on_locked=run.begin,
             )
-        s = result.stats
         record = run.record
-        record.generation = result.generation
-        record.bytes, record.files = result.archive_size, s.files
-        record.details = {"source_bytes": s.bytes, "unreadable_paths": len(s.problems)}
-        record.exit_code = ExitCode.PARTIAL if result.partial else ExitCode.SUCCESS
-        if result.failed_dumps:
-            failed = result.failed_dumps
-            record.message = (
-                f"{len(failed)} database dump(s) failed, e.g. {failed[0].project}/"
-                f"{failed[0].service}: {failed[0].error}"
-            )
-        elif result.partial:
-            record.message = (
-                f"{len(s.problems)} path(s) could not be read completely, e.g. "
-                f"{s.problems[0].path}: {s.problems[0].problem}"
-            )
+        _record_backup(record, result)
         _report_backup(ctx, result, show)
     # After the run is recorded (log line, state, alerts, ping): prune is a step of
     # its own, and its failure never changes the backup's outcome or exit code.
     retention = host.config.backup.retention
     if retention is not None and retention.prune_after_backup:
-        _prune_after_backup(ctx, host, target_choice, show)
+        for stored in result.targets:
+            if stored.ok:
+                _prune_after_backup(ctx, host, stored.name, show)
     return record.exit_code
+
+
+def _record_backup(record: RunRecord, result: BackupResult) -> None:
+    """The run's record: figures, per-target details, and why it is partial."""
+    s = result.stats
+    record.generation = result.generation
+    record.bytes, record.files = result.archive_size, s.files
+    record.details = {"source_bytes": s.bytes, "unreadable_paths": len(s.problems)}
+    if len(result.targets) > 1:
+        failed_targets = result.failed_targets
+        record.details["targets_stored"] = len(result.targets) - len(failed_targets)
+        record.details["targets_failed"] = len(failed_targets)
+        record.details["targets"] = [t.as_dict() for t in result.targets]
+    record.exit_code = ExitCode.PARTIAL if result.partial else ExitCode.SUCCESS
+    messages = []
+    for target in result.failed_targets:
+        assert target.error is not None
+        messages.append(f"target {target.name} FAILED: {target.error.message}")
+    if result.failed_dumps:
+        failed = result.failed_dumps
+        messages.append(
+            f"{len(failed)} database dump(s) failed, e.g. {failed[0].project}/"
+            f"{failed[0].service}: {failed[0].error}"
+        )
+    elif s.problems:
+        messages.append(
+            f"{len(s.problems)} path(s) could not be read completely, e.g. "
+            f"{s.problems[0].path}: {s.problems[0].problem}"
+        )
+    if messages:
+        record.message = "; ".join(messages)
 
 
 def _prune_after_backup(
@@ -119,21 +138,32 @@ def _where(host: Host, choice: str | None) -> str | None:
     from itsup.generation import location
 
     try:
-        target, prefix = host.target(choice)
+        opened = [host.target(name) for name in host.target_names(choice)]
     except ItsupError:
         return None
-    return location(target, prefix)
+    return ", ".join(location(target, prefix) for target, prefix in opened)
 
 
 def _report_backup(ctx: click.Context, result: BackupResult, show: bool) -> None:
     s = result.stats
+    several = len(result.targets) > 1
     if show or ctx.obj["verbose"]:
+        where = f"{len(result.targets)} targets" if several else result.target
         out.print(
             f"{result.generation}: {s.files} files, {human_bytes(s.bytes)} -> "
             f"{human_bytes(result.archive_size)} in {result.seconds:.1f} s "
-            f"({result.target}/{result.archive_key})",
+            + (f"(to {where})" if several else f"({where}/{result.archive_key})"),
         )
-    if result.partial:  # each path is also a WARNING record in logs/backup.log
+        for t in result.targets if several else ():
+            if t.ok:
+                out.print(
+                    f"  {t.name}: {result.generation} stored, {human_bytes(t.archive_size)} in "
+                    f"{t.seconds:.1f} s ({t.where})"
+                )
+            else:  # also its ERROR record, on stderr and in logs/backup.log
+                assert t.error is not None
+                out.print(f"  {t.name}: FAILED, nothing stored ({t.where}): {t.error.message}")
+    if s.problems:  # each path is also a WARNING record in logs/backup.log
         failed = result.failed_dumps
         others = [p for p in s.problems if not p.problem.startswith("dump failed: ")]
         if failed:
@@ -337,14 +367,66 @@ def check_cmd(ctx: click.Context, target_choice: str | None, max_age: str | None
     seconds = limit if limit is not None else host.config.backup.monitoring.max_age
     with monitored(host.layout, host.config, "check") as run:
         run.record.details = {"max_age_seconds": seconds}
-        st = check(host, seconds, target_choice)
-        run.record.target, run.record.generation = st.where, st.newest
+        run.record.target = _where(host, target_choice)
+        checked = check(host, seconds, target_choice)
+        st = max(checked, key=lambda t: t.age_seconds or 0)  # the oldest newest backup
+        run.record.generation = st.newest
         run.record.details["age_seconds"] = round(st.age_seconds or 0)
         if ctx.obj["verbose"] or interactive():
-            out.print(
-                f"ok: {st.newest} is {format_duration(st.age_seconds or 0)} old "
-                f"(limit {format_duration(seconds)})",
-            )
+            for st in checked:
+                name = f"{st.name}: " if len(checked) > 1 else ""
+                out.print(
+                    f"ok: {name}{st.newest} is {format_duration(st.age_seconds or 0)} old "
+                    f"(limit {format_duration(seconds)})",
+                )
+    return ExitCode.SUCCESS
+
+
+@backup.command("sync")
+@click.option("--from", "source", required=True, metavar="NAME", help="The target to copy from.")
+@click.option("--to", "dest", required=True, metavar="NAME", help="The target to copy to.")
+@click.option("--dry-run", is_flag=True, help="Show what would be copied; copy nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable output.")
+@click.pass_context
+def sync_cmd(ctx: click.Context, source: str, dest: str, dry_run: bool, as_json: bool) -> int:
+    """Copy the complete generations on --from that --to lacks, then point its latest.
+
+    Server-side between two S3 targets of one service (same endpoint and
+    credentials), else streamed through this host. Each copy is checked on
+    --to (size and SHA-256 against the manifest) before its manifest is
+    written. A generation that does not match its manifest on --from is not
+    copied, and named (exit 5). A second run copies nothing.
+    """
+    from itsup.actions.sync import run_sync
+    from itsup.errors import UsageError
+
+    host = open_host(ctx)
+    host.require_backup_section()
+    for option, name in (("--from", source), ("--to", dest)):
+        problem = host.config.backup.unknown_target(name)
+        if problem is not None:
+            raise UsageError(f"{option} {name}: {problem}")
+    result = run_sync(host, source, dest, dry_run=dry_run)
+    if as_json:
+        out.print(json.dumps(result.as_dict(), indent=2))
+    else:
+        for row in result.rows:
+            detail = row.error or human_bytes(row.bytes)
+            if row.action == "copied":
+                detail += f" in {row.seconds:.1f} s"
+            out.print(f"{row.name}  {row.action.upper() if row.error else row.action}: {detail}")
+        verb = "would copy" if dry_run else "copied"
+        count = len(result.rows) - len(result.failed) if dry_run else len(result.copied)
+        latest = f"; latest there: {result.latest}" if result.latest and not dry_run else ""
+        out.print(
+            f"sync {source} -> {dest} ({result.how}): {verb} {count} generation(s), "
+            f"{result.present} already there"
+            + (f", {len(result.failed)} NOT copied" if result.failed else "")
+            + latest
+        )
+    error = result.error()
+    if error is not None:
+        raise error
     return ExitCode.SUCCESS
 
 

@@ -14,7 +14,8 @@ TARGET = click.option(
     "target_choice",
     metavar="NAME",
     help="Which configured target to use: a name under backup.targets, or s3 / local for "
-    "those sections (default: backup.target, else the first target in itsup.yml). "
+    "those sections (default: backup.target, else every target: a backup writes to each, "
+    "verify and check check each, other commands read the first that answers). "
     "An unknown name is a usage error (exit 2).",
 )
 

@@ -18,6 +18,8 @@ from itsup.errors import ExitCode
 if TYPE_CHECKING:
     from itsup.actions.drill import DrillResult
     from itsup.actions.verify import VerifyResult
+    from itsup.host import Host
+    from itsup.monitor import RunRecord
 
 _STYLE = {
     "ok": "green",
@@ -81,26 +83,89 @@ def verify(
     from itsup.monitor import monitored
 
     host = open_host(ctx)
+    names = host.target_names(target_choice)
     with monitored(host.layout, host.config, "verify") as run:
-        result = verify_backups(
-            host, generation, every=every, subset=subset, target_choice=target_choice
-        )
-        record = run.record
-        record.target = result.target
-        record.generation = result.generations[0].generation if result.generations else None
-        record.bytes, record.files = result.bytes_read, result.files
-        record.details = {
-            "generations": len(result.generations),
-            "failed": len(result.failed),
-            "incomplete": len(result.incomplete),
-            "files_hashed": result.files_hashed,
-        }
-        _show_verify(result, as_json)
-        error = result.error()
-        if error is not None:
-            raise error
-        record.exit_code = ExitCode.SUCCESS
+        if len(names) == 1:
+            result = verify_backups(
+                host, generation, every=every, subset=subset, target_choice=target_choice
+            )
+            _record_verify(run.record, [result])
+            _show_verify(result, as_json)
+            error = result.error()
+            if error is not None:
+                raise error
+        else:
+            _verify_every_target(host, names, run.record, generation, every, subset, as_json)
+        run.record.exit_code = ExitCode.SUCCESS
     return ExitCode.SUCCESS
+
+
+def _record_verify(record: RunRecord, results: list[VerifyResult]) -> None:
+    record.target = ", ".join(r.target for r in results) or None
+    first = next((r.generations[0] for r in results if r.generations), None)
+    record.generation = first.generation if first else None
+    record.bytes = sum(r.bytes_read for r in results)
+    record.files = sum(r.files for r in results)
+    record.details = {
+        "generations": sum(len(r.generations) for r in results),
+        "failed": sum(len(r.failed) for r in results),
+        "incomplete": sum(len(r.incomplete) for r in results),
+        "files_hashed": sum(r.files_hashed for r in results),
+    }
+
+
+def _verify_every_target(
+    host: Host,
+    names: list[str],
+    record: RunRecord,
+    generation: str | None,
+    every: bool,
+    subset: float | None,
+    as_json: bool,
+) -> None:
+    """`verify` without --target on a host with several targets: each one in turn.
+
+    Exit code: 5 when a generation failed on any target; else the error of the
+    first target that could not be verified (6 unreachable, 10 no backup); a
+    missing key (4) stops at once, as on one target.
+    """
+    import logging
+
+    from itsup.actions.verify import verify_backups
+    from itsup.errors import StorageError
+
+    log = logging.getLogger("itsup.verify")
+    results: list[tuple[str, VerifyResult]] = []
+    errors: list[tuple[str, StorageError]] = []
+    for name in names:
+        try:
+            verified = verify_backups(
+                host, generation, every=every, subset=subset, target_choice=name
+            )
+        except StorageError as exc:  # NotFoundError and NoBackupError included
+            errors.append((name, exc))
+            continue
+        results.append((name, verified))
+    _record_verify(record, [r for _n, r in results])
+    record.details["targets_failed"] = len(errors) + sum(1 for _n, r in results if not r.ok)
+    if as_json:
+        rows = [{"name": n, **r.as_dict()} for n, r in results]
+        rows += [{"name": n, "ok": False, "error": e.message} for n, e in errors]
+        ok = not errors and all(r.ok for _n, r in results)
+        out.print(json.dumps({"ok": ok, "targets": rows}, indent=2))
+    else:
+        for name, verified in results:
+            out.print(f"target {name}:")
+            _show_verify(verified, False)
+    damaged = [(n, e) for n, r in results if (e := r.error()) is not None]
+    if damaged:  # the error raised names the damage; these are said here
+        for name, unread in errors:
+            log.error("target %s: %s", name, unread.message)
+    for found in (damaged, errors):
+        if found:
+            first = found[0][1]
+            first.message = "; ".join(f"target {n}: {e.message}" for n, e in found)
+            raise first
 
 
 def _lock(lock: dict[str, str] | None) -> str:

@@ -540,6 +540,8 @@ class S3Target:
         # (mode, days): every object written gets that Object Lock retention.
         self.object_lock = object_lock
         self.name = f"s3://{bucket}" + (f" at {endpoint}" if endpoint else "")
+        # Two targets with the same service copy between them server-side (`transfer`).
+        self.service = ("s3", endpoint or "", access_key_id or "")
         self.part_size = part_size
         self.max_concurrency = max_concurrency
         self.storage_class = storage_class

@@ -165,6 +165,7 @@ KEYS: dict[Key, frozenset[str]] = {
         ("backup", "databases"): "str",
         ("backup", "dump_jobs"): "int",
         ("backup", "dump_idle_timeout"): "int str",
+        ("backup", "target_stall_timeout"): "int str",
         ("backup", "retention"): "none dict",
         ("backup", "retention", "keep_last"): "int str",
         ("backup", "retention", "keep_hourly"): "int str",

@@ -1,7 +1,8 @@
 """Named targets (`backup.targets:`) through the real command, against the real S3 server.
 
 A host with two targets, one `s3://` on the S3 server the suite starts and
-one `file://` folder, backs up to each by name and restores from each; a
+one `file://` folder, backs up to each by name (`--target`) and restores from
+each (a backup to both at once: tests/e2e/test_targets_multi.py); a
 typo in `--target` is one line and exit 2 on every command that takes it;
 `backup status` shows every target; and generations written through the old
 `local:` section read back through the equivalent `file://` URL.
@@ -52,7 +53,7 @@ def test_backup_to_each_named_target_and_restore_from_it(
     prefix = two_targets(host, s3_server, usb)
     before = tree_state(host)
 
-    itsup(host, "backup")  # the default: the first target, offsite
+    itsup(host, "backup", "--target", "offsite")  # each by name: only it is written
     itsup(host, "backup", "--target", "usb")
     offsite = s3_server.client().list_objects_v2(Bucket=s3_server.bucket, Prefix=prefix)
     assert sum(o["Key"].endswith(".manifest.json") for o in offsite["Contents"]) == 1
