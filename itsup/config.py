@@ -17,7 +17,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args
 
 import yaml
 from pydantic import (
@@ -37,6 +37,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from itsup.configcheck import edit_distance, report_problems
 from itsup.errors import ConfigError
 from itsup.layout import Layout
 from itsup.retention import LOCAL, UNLIMITED, Policy, time_zone
@@ -47,8 +48,6 @@ Path_ = KeyPath
 PLACEHOLDER = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 # Sections itsup itself reads; the rest of itsup.yml belongs to other tools.
 OWN_SECTIONS = ("backup", "notify")
-# Longest message shown in a problem line; longer ones are cut.
-MAX_MESSAGE_SHOWN = 300
 MAX_DURATION_CHARS = 100  # 1w2d3h4m5s is 10
 MAX_PATH = 4096  # the longest path Linux takes (PATH_MAX)
 
@@ -730,27 +729,15 @@ def expand(
     return walk(data, path), undefined, touched
 
 
-# -- step 4: validate and report ------------------------------------------------
+# -- step 4: validate and report (configcheck.py tells the problems) -------------
 
 
-def edit_distance(a: str, b: str, limit: int) -> int:
-    """Damerau-Levenshtein distance (optimal string alignment) of a and b; `limit + 1`
-    as soon as it is known to be larger than `limit` (a 1 MB key costs nothing)."""
-    if abs(len(a) - len(b)) > limit:
-        return limit + 1
-    before: list[int] = []
-    row = list(range(len(b) + 1))
-    for i in range(1, len(a) + 1):
-        current = [i] + [0] * len(b)
-        for j in range(1, len(b) + 1):
-            cost = 0 if a[i - 1] == b[j - 1] else 1
-            current[j] = min(row[j] + 1, current[j - 1] + 1, row[j - 1] + cost)
-            if i > 1 and j > 1 and a[i - 1] == b[j - 2] and a[i - 2] == b[j - 1]:
-                current[j] = min(current[j], before[j - 2] + 1)
-        if min(current) > limit:
-            return limit + 1
-        before, row = row, current
-    return min(row[-1], limit + 1)
+def _folder_target_key(raw: tuple[Any, ...], loc: Path_) -> str | None:
+    """An S3 setting given to a folder target."""
+    in_folder_target = raw[:2] == ("backup", "targets") and raw[3:4] == ("file",)
+    if in_folder_target and loc and loc[-1] in S3Options.model_fields:
+        return "unknown key: only an s3:// target takes it"
+    return None
 
 
 def misspelt_section(key: object) -> str | None:
@@ -789,127 +776,6 @@ def _misspelt_sections(
                 )
             )
     return found
-
-
-def _describe(error: Any, loc: Path_, model: type[BaseModel]) -> str:
-    kind = error["type"]
-    if kind == "extra_forbidden":
-        raw = tuple(error["loc"])
-        in_folder_target = raw[:2] == ("backup", "targets") and raw[3:4] == ("file",)
-        if in_folder_target and loc[-1] in S3Options.model_fields:
-            return "unknown key: only an s3:// target takes it"
-        known = _known_keys(model, raw[:-1])
-        close = difflib.get_close_matches(str(loc[-1]).lower(), known, n=1)
-        if close:
-            return f"unknown key (did you mean '{close[0]}'?)"
-        return "unknown key" + (f" (known: {', '.join(known)})" if known else "")
-    if kind == "missing":
-        return "required key is missing"
-    message = str(error["msg"])
-    for noise in ("Value error, ", "Assertion failed, "):
-        message = message.removeprefix(noise)
-    return message[0].lower() + message[1:]
-
-
-def _models_in(annotation: Any, tag: str | None = None) -> dict[str, type[BaseModel]]:
-    """The models a field's type holds, by their union tag (else by class name)."""
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return {tag or annotation.__name__: annotation}
-    if get_origin(annotation) is Annotated:
-        inner, *meta = get_args(annotation)
-        tags = [m.tag for m in meta if isinstance(m, Tag)]
-        return _models_in(inner, tags[0] if tags else tag)
-    return {t: m for arg in get_args(annotation) for t, m in _models_in(arg).items()}
-
-
-def _is_mapping(annotation: Any) -> bool:
-    while get_origin(annotation) is Annotated:
-        annotation = get_args(annotation)[0]
-    return get_origin(annotation) is dict
-
-
-def _known_keys(model: type[BaseModel], loc: tuple[Any, ...]) -> list[str]:
-    """The keys the model at pydantic's location `loc` takes (tags and mapping keys skipped)."""
-    current = model
-    choices: dict[str, type[BaseModel]] = {}
-    mapping = False
-    for part in loc:
-        if isinstance(part, int):
-            continue
-        if mapping:  # a key of a mapping of models (a target's name)
-            mapping = False
-            continue
-        if part in choices:  # a union's tag
-            current, choices = choices[part], {}
-            continue
-        field = current.model_fields.get(part)
-        if field is None:
-            return []
-        choices = _models_in(field.annotation)
-        if not choices:
-            return []
-        mapping = _is_mapping(field.annotation)
-        current = next(iter(choices.values()))
-    return sorted(current.model_fields)
-
-
-def _locate(loc: tuple[Any, ...], data: Any, missing: bool) -> Path_:
-    """The key path an error is about, in the operator's document.
-
-    pydantic's locations also hold union member tags and markers such as
-    '[key]'; keep only the steps that exist in the document (and, for a
-    missing key, the key itself).
-    """
-    out: list[str | int] = []
-    node = data
-    for i, part in enumerate(loc):
-        if isinstance(node, dict) and part in node:
-            out.append(str(part))
-            node = node[part]
-        elif isinstance(node, list) and isinstance(part, int) and 0 <= part < len(node):
-            out.append(part)
-            node = node[part]
-        elif missing and i == len(loc) - 1 and isinstance(part, str):
-            out.append(part)
-    return tuple(out)
-
-
-def report_problems(
-    exc: ValidationError,
-    data: Any,
-    source: str,
-    lines: dict[Path_, int],
-    skip: set[Path_] | None = None,
-    hidden: set[str] | None = None,
-    model: type[BaseModel] | None = None,
-) -> list[tuple[int, str]]:
-    """One `(line, "FILE:LINE: key.path: message")` per problem pydantic found in
-    `data` (validated against `model`, itsup.yml's schema unless given); values in
-    `hidden` print as `***`."""
-    problems: dict[Path_, str] = {}
-    for error in exc.errors():
-        # An error may point below its field (`below`): a target name given twice.
-        below = tuple((error.get("ctx") or {}).get("below", ()))
-        loc = _locate(tuple(error["loc"]) + below, data, error["type"] == "missing")
-        if any(loc[: len(s)] == s for s in skip or ()):
-            continue  # already reported (an undefined placeholder)
-        if loc not in problems:
-            problems[loc] = _describe(error, loc, model or ItsupConfig)
-    out = []
-    for loc, text in problems.items():
-        line = next((lines[loc[:n]] for n in range(len(loc), -1, -1) if loc[:n] in lines), None)
-        where = f"{source}:{line}" if line else source
-        key = dotted(loc) or "(top level)"
-        shown = clip(_hide(text, hidden or set()), MAX_MESSAGE_SHOWN)
-        out.append((line or 0, f"{where}: {key}: {shown}"))
-    return out
-
-
-def _hide(text: str, secrets: set[str]) -> str:
-    """Replace secret values in a message by `***` (longest first)."""
-    for value in sorted(secrets, key=len, reverse=True):
-        text = text.replace(value, "***")
-    return text
 
 
 def load_secrets(layout: Layout) -> dict[str, str]:
@@ -1007,7 +873,9 @@ def _load(
     except ValidationError as exc:
         skip = {where for where, _ in undefined}
         hidden = {v for v in (*used, *secrets.values()) if len(v) >= 4}
-        problems += report_problems(exc, merged, source, lines, skip, hidden)
+        problems += report_problems(
+            exc, merged, source, lines, skip, hidden, model=ItsupConfig, special=_folder_target_key
+        )
     if problems:
         ordered = sorted(problems, key=lambda p: p[0])  # stable: file order
         hint = None

@@ -25,8 +25,8 @@ from itsup.config import (
     Strict,
     expand,
     read_text,
-    report_problems,
 )
+from itsup.configcheck import report_problems
 from itsup.errors import ConfigError
 from itsup.yamldoc import clip, dotted, parse_yaml
 
@@ -184,7 +184,7 @@ def load_project_backup(
     except ValidationError as exc:
         hidden = {v for v in used if len(v) >= 4}
         skip = {where for where, _ in undefined}
-        found = report_problems(exc, shaped, source, lines, skip, hidden, ProjectBackup)
+        found = report_problems(exc, shaped, source, lines, skip, hidden, model=ProjectBackup)
         problems += [(n, _as_written(p)) if one_engine else (n, p) for n, p in found]
     if problems:
         raise ConfigError([text for _, text in sorted(problems, key=lambda p: p[0])])

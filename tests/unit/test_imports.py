@@ -45,6 +45,7 @@ LAYERS = {
     "itsup": "base",
     "itsup.config": "base",
     "itsup.dbconfig": "base",
+    "itsup.configcheck": "base",
     "itsup.layout": "base",
     "itsup.errors": "base",
     "itsup.log": "base",
