@@ -37,7 +37,7 @@ from itsup.retention import UNLIMITED, apply_policy, time_zone
 log = logging.getLogger("itsup.prune")
 
 NEWEST = "newest complete"
-DELETE_WORKERS = 8  # generations deleted at once (each one in its own order)
+DELETE_WORKERS = 16  # generations deleted at once (each one in its own order)
 LATEST = "latest"
 
 
