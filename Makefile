@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: venv install test test-unit test-integration test-e2e lint typecheck demo bench clean reliability
+.PHONY: venv install test test-unit test-integration test-e2e lint typecheck demo bench bench-dumps clean reliability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -79,6 +79,11 @@ demo: install
 
 bench: $(STAMP)
 	$(BIN)/python bench/bench.py
+
+# A PostgreSQL dump beside the file backup, and its restore (bench/README.md): needs
+# a PostgreSQL server, by default on 127.0.0.1:5432 as postgres (bench/dumps.py --help).
+bench-dumps: $(STAMP)
+	$(BIN)/python bench/dumps.py
 
 # The fault suite (tests marked `faults`) with its ledger, rendered into the tables
 # of docs/reliability.md (only when every test passed; the prose is kept).

@@ -54,7 +54,8 @@ RSS_TARGET_MIB = 300
 RSS_FLAT_FACTOR = 1.25
 
 # Runs one command, waits for it with os.wait4 and writes "<wait status> <maxrss KiB>
-# <seconds>" to the report file. The launcher is small, so the command does not inherit
+# <seconds> <CPU seconds>" to the report file (CPU: user + system of the command and its
+# waited-for descendants). The launcher is small, so the command does not inherit
 # this (much bigger) process's memory high-water mark, which Linux carries across exec.
 LAUNCHER = """\
 import os, sys, time
@@ -64,7 +65,7 @@ pid = os.posix_spawnp(argv[0], argv, os.environ)
 _, status, usage = os.wait4(pid, 0)
 elapsed = time.monotonic() - start
 with open(report, "w") as f:
-    f.write(f"{status} {usage.ru_maxrss} {elapsed}")
+    f.write(f"{status} {usage.ru_maxrss} {elapsed} {usage.ru_utime + usage.ru_stime}")
 sys.exit(os.waitstatus_to_exitcode(status) & 0xFF)
 """
 
@@ -115,6 +116,7 @@ class Run:
     peak_rss_kib: int = 0
     output_bytes: int = 0
     note: str = ""
+    cpu_seconds: float = 0.0
 
 
 def log_tail(path: Path, lines: int = 3) -> str:
@@ -141,9 +143,10 @@ def run_measured(argv: list[str], cwd: Path, env: dict[str, str], log: Path) -> 
         proc.wait()
     if not report.exists():
         return Run(ok=False, note=f"could not start: {log_tail(log)}")
-    status, maxrss, seconds = report.read_text().split()
+    status, maxrss, seconds, cpu = report.read_text().split()
     code = os.waitstatus_to_exitcode(int(status))
     run = Run(ok=code == 0, seconds=float(seconds), peak_rss_kib=int(maxrss))
+    run.cpu_seconds = float(cpu)
     if code != 0:
         run.note = f"exit {code}: {log_tail(log) or 'no output'} (log: logs/{log.name})"
     return run
