@@ -157,9 +157,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def run() -> None:
-    code = main()
+    try:
+        code = main()
+    except KeyboardInterrupt:  # a signal while the first one was being reported
+        code = ExitCode.INTERRUPTED
     # The run is over and its outcome decided: a signal arriving while Python
     # shuts down must not turn a finished run into a death by signal.
-    signal.signal(signal.SIGINT, signal.SIG_IGN)
-    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    try:
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)
+    except KeyboardInterrupt:  # one still pending when the handlers were replaced
+        code = ExitCode.INTERRUPTED
     sys.exit(code)
