@@ -1,7 +1,7 @@
 """Run a backup's dumps: concurrently (bounded), into a private spool, recorded.
 
 Each database entry (a job) runs in a worker thread while the file archive
-streams; its dumps land in `{root}/.itsup-dumps/{project}/` (a folder of mode
+streams; its dumps land in `{root}/.itsup/dumps/{project}/` (a folder of mode
 0700, files 0600), are added to the archive under
 `upstream/{project}/_backup/` once the file tree is written, and are deleted
 when the run ends, whatever the outcome. A run killed by SIGKILL leaves the
