@@ -119,6 +119,9 @@ class Manifest:
     # adapter, engine version, path in the archive, size, SHA-256, result).
     parent: str | None = None
     dumps: list[dict[str, Any]] = field(default_factory=list)
+    # Where the dumps start in the archive object: from this byte on it is a
+    # .tar.gz (.tar) of its own holding only them (None: no dumps, or encrypted).
+    dumps_offset: int | None = None
 
     def to_bytes(self) -> bytes:
         return (_dumps(asdict(self), indent=2) + "\n").encode()

@@ -576,6 +576,7 @@ def describe_generation(
         problems=[p.as_dict() for p in stats.problems + stats.skipped],
         tool_version=__version__,
         dumps=[d.as_dict() for d in dumps or ()],
+        dumps_offset=stats.extras_offset if dumps else None,
     )
 
 

@@ -12,22 +12,31 @@ and what was not is named.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import hashlib
 import logging
+import os
+import tarfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
 from itsup.compose import Service, compose_command, find_compose_file, load_services, resolve
 from itsup.dbconfig import Database
 from itsup.dumps.engines import Engine
 from itsup.dumps.plan import Job, ProjectPlan, Secrets, job_for, plan_project
 from itsup.dumps.runner import DumpError
-from itsup.errors import ItsupError
+from itsup.errors import IntegrityError, ItsupError
 from itsup.host import Host
+from itsup.layout import DUMP_FOLDER
 from itsup.manifest import Manifest
+from itsup.pipeline.codec import decode_section
+from itsup.pipeline.tarformat import TarReader
 
 log = logging.getLogger("itsup.restore")
+CHUNK = 1 << 20
 
 
 @dataclass
@@ -151,3 +160,93 @@ def load_all(loads: list[DumpLoad], folder: Path) -> list[str]:
         log.info("loaded %d dump(s) into %s (%s)", len(load.records), load.name, load.adapter)
         done.append(load.name)
     return done
+
+
+def reads_dumps_alone(manifest: Manifest) -> bool:
+    """Whether the generation's dumps can be read without the rest of its archive."""
+    return manifest.dumps_offset is not None and not manifest.encrypted
+
+
+def read_dumps(
+    raw: BinaryIO,
+    manifest: Manifest,
+    records: list[dict[str, Any]],
+    spool: Path,
+    on_bytes: Callable[[int], None] | None = None,
+) -> int:
+    """Read the dumps of `records` from the archive's own section for them (`raw`
+    reads the archive object from `manifest.dumps_offset` to its end; the file tree
+    before it is never fetched) into `spool` as {project}/{file name} (files 0600, folders 0700); the bytes
+    written. Each dump is checked against the size and SHA-256 the manifest
+    records for it, and the section is read to its end (gzip's CRC-32 and length).
+
+    Raises IntegrityError when the section is damaged, a dump differs from its
+    record, or one is missing; what was written to `spool` is the caller's to remove.
+    """
+    wanted = {_spool_name(record): record for record in records}
+    os.makedirs(spool.parent, 0o700, exist_ok=True)
+    os.mkdir(spool, 0o700)
+    written = 0
+    key = manifest.archive.key
+    with contextlib.closing(decode_section(raw, manifest)) as stream:
+        try:
+            reader = TarReader(stream)
+            for info in reader:
+                record = wanted.get(info.name)
+                if record is None or not info.isreg():
+                    continue  # their folder, or the dumps of another project
+                del wanted[info.name]
+                written += _write_dump(reader, record, spool, key, on_bytes)
+            while stream.read(CHUNK):  # to the end: the compression trailer is checked
+                pass
+        except tarfile.TarError as exc:
+            raise IntegrityError(f"{key}: the database dumps' section is damaged: {exc}") from None
+    if wanted:
+        raise IntegrityError(f"{key}: the archive lacks the dump(s) {', '.join(sorted(wanted))}")
+    return written
+
+
+def _spool_name(record: dict[str, Any]) -> str:
+    """A dump record's archive path, refused unless it is upstream/{project}/_backup/{name}."""
+    file, project = str(record.get("file", "")), str(record.get("project", ""))
+    parts = file.split("/")
+    plain = all(p not in ("", ".", "..") and "\x00" not in p for p in parts)
+    if not (plain and len(parts) == 4 and parts[:3] == ["upstream", project, DUMP_FOLDER]):
+        raise IntegrityError(f"the manifest names a dump at {file!r}, outside its project's folder")
+    return file
+
+
+def _write_dump(
+    reader: TarReader,
+    record: dict[str, Any],
+    spool: Path,
+    key: str,
+    on_bytes: Callable[[int], None] | None,
+) -> int:
+    file = str(record["file"])
+    folder = spool / str(record["project"])
+    os.makedirs(folder, 0o700, exist_ok=True)
+    digest = hashlib.sha256()
+    size = 0
+    fd = os.open(folder / file.rsplit("/", 1)[1], os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    try:
+        while chunk := reader.read(CHUNK):
+            digest.update(chunk)
+            view = memoryview(chunk)
+            while view:
+                view = view[os.write(fd, view) :]
+            size += len(chunk)
+            if on_bytes is not None:
+                on_bytes(len(chunk))
+    except OSError as exc:
+        if exc.errno == errno.ENOSPC:
+            raise ItsupError(f"no space left on the device holding {spool}") from None
+        raise ItsupError(f"writing {folder}: {exc.strerror or exc}") from None
+    finally:
+        os.close(fd)
+    if size != record.get("size") or digest.hexdigest() != record.get("sha256"):
+        raise IntegrityError(
+            f"{key}: the dump {file} does not match its SHA-256 in the manifest "
+            f"({size} bytes read, {record.get('size')} recorded)"
+        )
+    return size

@@ -36,7 +36,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, BinaryIO
 
-from itsup.actions.dbrestore import DumpLoad, check_running, dump_records, load_all, plan_loads
+from itsup.actions.dbrestore import (
+    DumpLoad,
+    check_running,
+    dump_records,
+    load_all,
+    plan_loads,
+    read_dumps,
+    reads_dumps_alone,
+)
 from itsup.agekeys import default_identity_file, load_identities
 from itsup.dumps.run import clear_spool, spool_path
 from itsup.errors import (
@@ -246,6 +254,21 @@ class RestorePlan:
     def entries(self) -> Iterator[Entry]:
         return read_index(io.BytesIO(self.index_bytes), self.manifest.index.key)
 
+    @property
+    def dumps_alone(self) -> bool:
+        """--databases-only into the live root, from a generation whose dumps start a
+        section of their own: only that section of the archive is read."""
+        return (
+            self.lock_file is not None
+            and self.options.databases == "only"
+            and reads_dumps_alone(self.manifest)
+        )
+
+    @property
+    def read_from(self) -> int:
+        """Where in the archive object the restore starts to read."""
+        return (self.manifest.dumps_offset or 0) if self.dumps_alone else 0
+
     def close(self) -> None:
         """Stop the read-ahead and release the host lock (run_restore does this)."""
         if self.reader is not None:  # never taken: the restore failed before reading
@@ -354,25 +377,27 @@ def plan_restore(
             _warn_passed_over(found, gen, skip)
         manifest = gen.manifest
         identities = _identities(host, manifest)
-        try:
-            early = target.open_reader(manifest.archive.key) if prefetch else None
-            index_bytes = load_index(target, manifest, identities)
-        except (IntegrityError, NotFoundError) as exc:
-            raise _damaged(gen.name, exc) from None
         plan = RestorePlan(
             gen,
             manifest,
             scope,
             dest,
-            index_bytes,
+            b"",
             identities,
             target,
             options,
-            reader=early,
             lock_file=host.layout.lock_file if live else None,
             held=held if hold_lock and live else None,
         )
-        _work_out_changes(plan)
+        try:
+            early = target.open_reader(manifest.archive.key, plan.read_from) if prefetch else None
+            plan.reader = early
+            if not plan.dumps_alone:  # the dumps alone are checked against the manifest
+                plan.index_bytes = load_index(target, manifest, identities)
+        except (IntegrityError, NotFoundError) as exc:
+            raise _damaged(gen.name, exc) from None
+        if not plan.dumps_alone:
+            _work_out_changes(plan)
         if live and options.databases != "skip":
             _plan_loads(host, plan)
     except BaseException:
@@ -612,6 +637,8 @@ def _fell_back(outcome: FallbackOutcome, done: str) -> FallbackOutcome:
 
 
 def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> RestoreResult:
+    if plan.dumps_alone:
+        return _load_dumps_alone(plan, on_bytes)
     started = time.monotonic()
     token = f"{os.getpid()}-{secrets.token_hex(4)}"
     staging = plan.dest / f"{STAGING_MARK}{token}"
@@ -642,6 +669,49 @@ def _restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> Resto
         if plan.lock_file is not None:
             clear_spool(plan.dest)
     result = _finish(plan, extractor, stats, time.monotonic() - started)
+    result.databases = loaded
+    return result
+
+
+def _load_dumps_alone(plan: RestorePlan, on_bytes: Callable[[int], None] | None) -> RestoreResult:
+    """--databases-only into the live root: the archive's dump section alone (the file
+    tree before it is never read) into the private spool, each dump checked against
+    the SHA-256 the manifest records, then loaded; the spool is removed either way."""
+    started = time.monotonic()
+    manifest = plan.manifest
+    records = [record for load in plan.loads for record in load.records]
+    spool = spool_path(plan.dest)
+    try:
+        clear_spool(plan.dest)
+        try:
+            raw, plan.reader = (
+                plan.reader or plan.target.open_reader(manifest.archive.key, plan.read_from),
+                None,
+            )
+            with contextlib.closing(raw):
+                size = read_dumps(raw, manifest, records, spool, on_bytes)
+        except (IntegrityError, NotFoundError) as exc:
+            raise _damaged(manifest.generation, exc) from None
+        loaded = load_all(plan.loads, spool)
+    finally:
+        clear_spool(plan.dest)
+    seconds = time.monotonic() - started
+    log.info(
+        "restored %s (%s) from %s: %d dump(s), %d bytes, read from byte %d of the archive "
+        "in %.1f s",
+        plan.scope.label, manifest.generation, plan.target.name, len(records), size,
+        plan.read_from, seconds,
+    )  # fmt: skip
+    result = RestoreResult(
+        manifest.generation,
+        plan.dest,
+        len(records),
+        0,
+        0,
+        size,
+        seconds,
+        manifest.archive.size - plan.read_from,
+    )
     result.databases = loaded
     return result
 

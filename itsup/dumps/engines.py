@@ -50,6 +50,12 @@ MYSQL_SYSTEM_USERS = (
 _SAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+def restore_jobs() -> int:
+    """pg_restore's parallel jobs when it reads a dump file itself: one per core, up
+    to 4 (data and indexes of different tables load at once)."""
+    return max(1, min(4, os.cpu_count() or 1))
+
+
 def file_part(name: str) -> str:
     """A database or service name as a file name part (`my db` -> `my%20db`)."""
     return _SAFE.sub(lambda m: "".join(f"%{b:02X}" for b in m.group().encode()), name) or "%"
@@ -142,9 +148,13 @@ class Postgres(Engine):
             self._check_client(server)
         return server
 
+    @functools.cached_property
+    def client_version(self) -> str:
+        """The host's pg_dump version (asked once)."""
+        return self.client.run(["pg_dump", "--version"]).strip().rsplit(" ", 1)[-1]
+
     def _check_client(self, server: str) -> None:
-        text = self.client.run(["pg_dump", "--version"])
-        client = text.strip().rsplit(" ", 1)[-1]
+        client = self.client_version
         if _major(server) > _major(client):
             raise DumpError(
                 f"the PostgreSQL server at {self.db.label} is version {server}, newer than "
@@ -174,18 +184,23 @@ class Postgres(Engine):
         return steps
 
     def load(self, files: list[tuple[str, str | None, Path]]) -> None:
+        server: str | None = None  # asked once, when the first database is loaded
         for _file, database, path in files:
-            with path.open("rb") as stdin:
-                if database is None:  # roles first; "already exists" is expected
+            if database is None:  # roles first; "already exists" is expected
+                with path.open("rb") as stdin:
                     self._load_globals(stdin)
-                    continue
-                maintenance = "template1" if database == "postgres" else "postgres"
-                force = " WITH (FORCE)" if _major(self.version()) >= 13 else ""
-                self.sql(f"DROP DATABASE IF EXISTS {_ident(database)}{force}", maintenance)
-                self.client.run(
-                    ["pg_restore", *self._conn(), "--create", "--exit-on-error", "-d", maintenance],
-                    stdin=stdin,
-                )
+                continue
+            server = server or self.version()
+            maintenance = "template1" if database == "postgres" else "postgres"
+            force = " WITH (FORCE)" if _major(server) >= 13 else ""
+            self.sql(f"DROP DATABASE IF EXISTS {_ident(database)}{force}", maintenance)
+            restore = ["pg_restore", *self._conn(), "--create", "--exit-on-error"]
+            if self.client.in_container:  # the file is on the host: the client reads stdin
+                with path.open("rb") as stdin:
+                    self.client.run([*restore, "-d", maintenance], stdin=stdin)
+            else:  # the host's client reads the file itself, with parallel jobs
+                jobs = f"--jobs={restore_jobs()}"
+                self.client.run([*restore, jobs, "-d", maintenance, str(path)])
 
     def _load_globals(self, stdin: IO[bytes]) -> None:
         done = self.client.call(

@@ -61,6 +61,10 @@ class Stats:
     bytes: int = 0
     problems: list[Problem] = field(default_factory=list)
     skipped: list[Problem] = field(default_factory=list)  # special files: noted, not partial
+    # Where the extras (the database dumps) start: in the tar stream, and in the
+    # stored object when a reader can start there (set by codec.encode).
+    extras_at: int | None = None
+    extras_offset: int | None = None
 
 
 @dataclass(frozen=True)
@@ -369,13 +373,23 @@ def write_archive(
 
     `extras`, called once the tree is written, gives more members as (archive
     path, path on disk), added after it in that order: a backup's database dumps.
+    Before them the sink is asked to start a new member (`new_member`, when it
+    has one: the gzip stage), and `stats.extras_at` notes their tar offset.
     """
     stats = Stats()
     writer = TarWriter(sink, on_entry, on_bytes)
     try:
         for rel, absolute, st in walk(root, selection, stats):
             writer.add(rel, absolute, st, stats)
-        for rel, absolute in extras() if extras is not None else ():
+        more = extras() if extras is not None else []
+        if more:
+            # The extras begin a stream of their own (a new gzip member), so that a
+            # restore of the dumps alone reads from here, not through the whole tree.
+            stats.extras_at = writer.written
+            new_member = getattr(sink, "new_member", None)
+            if new_member is not None:
+                new_member()
+        for rel, absolute in more:
             writer.add(rel, absolute, os.lstat(absolute), stats)
         writer.finish()
     finally:

@@ -71,11 +71,23 @@ def encode(
         compressor.close()
         if encryptor is not None:
             encryptor.close()
+        stats.extras_offset = _extras_offset(stats, compressor, bool(recipients))
     except BaseException:
         if compressor is not None:
             _abandon(compressor)
         raise
     return Encoded(stats, hashed.size, hashed.sha256.hexdigest())
+
+
+def _extras_offset(stats: Stats, compressor: Any, encrypted: bool) -> int | None:
+    """Where, in the stored object, a reader can start to read the extras alone: the
+    gzip member they begin, or their first tar header uncompressed. None when
+    encrypted (age's chunks cannot be entered in the middle) or there are none."""
+    if stats.extras_at is None or encrypted:
+        return None
+    if isinstance(compressor, ParallelGzipWriter):
+        return compressor.member_offsets[-1] if compressor.member_offsets else None
+    return stats.extras_at
 
 
 class _RawSink(io.RawIOBase):
@@ -143,6 +155,27 @@ def decode(
         decoded = gunzip_reader(GuardedReader(decoded, what))  # type: ignore[arg-type]
         stages.append(decoded)
     return _Decoded(GuardedReader(decoded, what), stages), hashed
+
+
+def decode_section(stream: BinaryIO, manifest: Manifest) -> BinaryIO:
+    """The tar stream of an archive read from `manifest.dumps_offset` on (`stream`
+    starts there): the gzip member the dumps begin, or the plain tar, to its end.
+
+    Only an archive that is not encrypted has such a section. The object's
+    SHA-256 cannot be checked on part of it: the caller checks each member it
+    uses against its recorded SHA-256 instead (gzip's CRC-32 and length are
+    checked as the section is read to its end). Closing the returned stream
+    stops the decoding; `stream` is left to whoever opened it.
+    """
+    what = manifest.archive.key
+    if manifest.encrypted or manifest.dumps_offset is None:
+        raise ValueError(f"{manifest.generation} has no section to read on its own")
+    decoded: Any = stream
+    stages: list[Any] = []
+    if manifest.compression == "gzip":
+        decoded = gunzip_reader(GuardedReader(stream, what))  # type: ignore[arg-type]
+        stages.append(decoded)
+    return _Decoded(GuardedReader(decoded, what), stages)
 
 
 class _Decoded(io.BufferedReader):

@@ -22,7 +22,7 @@ import queue
 import struct
 import threading
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
+from typing import Any, cast
 
 from isal import isal_zlib
 
@@ -35,6 +35,7 @@ STORED_MAX = 0xFFFF
 INCOMPRESSIBLE = 0.97  # sample ratio above which a block is stored, not deflated
 # magic, deflate, no flags, mtime 0, no extra flags, OS unknown (as ISA-L and pigz -n write)
 GZIP_HEADER = b"\x1f\x8b\x08\x00\x00\x00\x00\x00\x00\xff"
+NEW_MEMBER = object()  # queued by new_member(): end this gzip member, start the next
 
 
 def _stored(block: bytes) -> bytes:
@@ -81,11 +82,16 @@ class ParallelGzipWriter(io.RawIOBase):
         self.level = level
         self.block_size = block_size
         self.pool = ThreadPoolExecutor(threads, thread_name_prefix="gzip")
-        self.results: queue.Queue[Future[tuple[bytes, int, int]] | None] = queue.Queue(threads * 2)
+        self.results: queue.Queue[Future[tuple[bytes, int, int]] | object | None] = queue.Queue(
+            threads * 2
+        )
         self.buffer = bytearray()
         self.tail = b""  # last 32 KiB of the previous block: the next block's dictionary
         self.crc = 0
         self.size = 0
+        self.emitted = 0  # bytes handed to the sink
+        # Where each member after the first starts in the output (new_member()).
+        self.member_offsets: list[int] = []
         self.error: BaseException | None = None
         self.finished = False
         self.abandoned = False
@@ -95,10 +101,18 @@ class ParallelGzipWriter(io.RawIOBase):
     def writable(self) -> bool:
         return True
 
+    def _out(self, data: bytes) -> None:
+        self.sink.write(data)
+        self.emitted += len(data)
+
+    def _end_member(self) -> None:
+        """A final empty fixed-Huffman block, then CRC-32 and length (RFC 1952)."""
+        self._out(b"\x03\x00" + struct.pack("<II", self.crc, self.size & 0xFFFFFFFF))
+
     def _emit(self) -> None:
         ended = False  # the end marker is taken: nothing more will be queued
         try:
-            self.sink.write(GZIP_HEADER)
+            self._out(GZIP_HEADER)
             while True:
                 try:
                     fut = self.results.get(timeout=0.1)
@@ -111,12 +125,17 @@ class ParallelGzipWriter(io.RawIOBase):
                         return  # blocks were dropped: a trailer would vouch for a prefix
                     ended = True
                     break
-                data, crc, n = fut.result()
-                self.sink.write(data)
+                if fut is NEW_MEMBER:
+                    self._end_member()
+                    self.member_offsets.append(self.emitted)
+                    self._out(GZIP_HEADER)
+                    self.crc = self.size = 0
+                    continue
+                data, crc, n = cast(Future[tuple[bytes, int, int]], fut).result()
+                self._out(data)
                 self.crc = isal_zlib.crc32_combine(self.crc, crc, n)
                 self.size += n
-            # A final empty fixed-Huffman block, then CRC-32 and length (RFC 1952).
-            self.sink.write(b"\x03\x00" + struct.pack("<II", self.crc, self.size & 0xFFFFFFFF))
+            self._end_member()
         except BaseException as exc:
             self.error = exc
             # Keep draining so the producer never blocks on a full queue.
@@ -128,13 +147,27 @@ class ParallelGzipWriter(io.RawIOBase):
             raise self.error
         fut = self.pool.submit(_compress_block, block, self.tail, self.level)
         self.tail = block[-WINDOW:]
+        self._queue(fut)
+
+    def _queue(self, item: object) -> None:
         while True:
             try:
-                self.results.put(fut, timeout=0.1)
+                self.results.put(item, timeout=0.1)
                 return
             except queue.Full:
                 if self.error is not None:
                     raise self.error from None
+
+    def new_member(self) -> None:
+        """End the gzip member after what was written so far and start another, with no
+        history of the bytes before it: the output from `member_offsets[-1]` on (known
+        once closed) is a gzip stream of its own, which a reader can start at. Every
+        gzip reader reads the members one after the other as one stream (RFC 1952)."""
+        if self.buffer:
+            self._submit(bytes(self.buffer))
+            self.buffer.clear()
+        self.tail = b""
+        self._queue(NEW_MEMBER)
 
     def write(self, data: Any) -> int:
         n = len(data)

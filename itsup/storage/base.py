@@ -94,8 +94,9 @@ class Target(Protocol):
         """Start a streaming upload of a large object."""
         ...
 
-    def open_reader(self, key: str) -> BinaryIO:
-        """Stream a large object from its start; transient faults are retried inside."""
+    def open_reader(self, key: str, start: int = 0) -> BinaryIO:
+        """Stream a large object from byte `start` (its start by default) to its end;
+        transient faults are retried inside."""
         ...
 
     def stat(self, key: str) -> ObjectInfo:

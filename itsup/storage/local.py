@@ -111,13 +111,22 @@ class LocalTarget:
     def open_writer(self, key: str) -> LocalWriter:
         return LocalWriter(self._path(key), self.name)
 
-    def open_reader(self, key: str) -> BinaryIO:
+    def open_reader(self, key: str, start: int = 0) -> BinaryIO:
         try:
-            return open(self._path(key), "rb")
+            stream = open(self._path(key), "rb")  # noqa: SIM115 - the caller closes it
         except _ABSENT:
             raise NotFoundError(f"{self.name}: no object {key}") from None
         except OSError as exc:
             raise StorageError(f"{self.name}: reading {key}: {exc.strerror}") from None
+        if start:
+            size = os.fstat(stream.fileno()).st_size
+            if start > size:
+                stream.close()
+                raise StorageError(
+                    f"{self.name}: {key} holds {size} bytes; cannot read from {start}"
+                )
+            stream.seek(start)
+        return stream
 
     def stat(self, key: str) -> ObjectInfo:
         try:

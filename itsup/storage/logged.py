@@ -87,8 +87,11 @@ class LoggedTarget:
         writer = _timed(self.name, f"open writer {key}", lambda: self.inner.open_writer(key))
         return LoggedWriter(writer, self.name, key)
 
-    def open_reader(self, key: str) -> BinaryIO:
-        return _timed(self.name, f"open reader {key}", lambda: self.inner.open_reader(key))
+    def open_reader(self, key: str, start: int = 0) -> BinaryIO:
+        at = f" at {start}" if start else ""
+        return _timed(
+            self.name, f"open reader {key}{at}", lambda: self.inner.open_reader(key, start)
+        )
 
     def stat(self, key: str) -> ObjectInfo:
         return _timed(self.name, f"stat {key}", lambda: self.inner.stat(key))

@@ -80,8 +80,8 @@ class RetryingTarget:
     def open_writer(self, key: str) -> ObjectWriter:
         return self.inner.open_writer(key)
 
-    def open_reader(self, key: str) -> BinaryIO:
-        return self._again(f"open {key}", lambda: self.inner.open_reader(key))
+    def open_reader(self, key: str, start: int = 0) -> BinaryIO:
+        return self._again(f"open {key}", lambda: self.inner.open_reader(key, start))
 
     def stat(self, key: str) -> ObjectInfo:
         return self._again(f"stat {key}", lambda: self.inner.stat(key))

@@ -409,10 +409,10 @@ class RangeReader(io.RawIOBase):
     running stop at their next step instead of retrying on.
     """
 
-    def __init__(self, target: S3Target, key: str, size: int, ahead: int) -> None:
+    def __init__(self, target: S3Target, key: str, size: int, ahead: int, start: int = 0) -> None:
         super().__init__()
         self.t, self.key, self.size = target, key, size
-        self.next_offset = 0
+        self.next_offset = start
         self.pending: deque[Future[bytes]] = deque()
         self.current = memoryview(b"")
         self.ahead = ahead
@@ -674,10 +674,12 @@ class S3Target:
         """A streaming upload; one whose `size_hint` is over MAX_OBJECT is refused at once."""
         return S3Writer(self, key, size_hint)
 
-    def open_reader(self, key: str) -> BinaryIO:
+    def open_reader(self, key: str, start: int = 0) -> BinaryIO:
         size = self.stat(key).size
+        if not 0 <= start <= size:
+            raise StorageError(f"{self.name}: {key} holds {size} bytes; cannot read from {start}")
         # Unbuffered on purpose: its read(n) already serves large pieces without copying.
-        return RangeReader(self, key, size, ahead=self.max_concurrency)  # type: ignore[return-value]
+        return RangeReader(self, key, size, self.max_concurrency, start)  # type: ignore[return-value]
 
     def stat(self, key: str) -> ObjectInfo:
         resp = self._call("checking", key, self.client.head_object, Key=key)

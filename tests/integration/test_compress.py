@@ -251,3 +251,33 @@ def test_abandon_stops_without_finishing_the_member() -> None:
     assert gzip_binary("-t", data=out).returncode != 0, "an abandoned stream looks complete"
     with pytest.raises(EOFError):
         gzip.decompress(out)
+
+
+# -- a second member where the dumps begin -----------------------------------------------
+
+
+@pytest.mark.parametrize("before", [0, 1, BLOCK_SIZE, 3 * BLOCK_SIZE + 4321])
+def test_new_member_starts_a_stream_a_reader_can_enter(before: int) -> None:
+    """What follows new_member() decompresses on its own from member_offsets[-1], and the
+    whole output is still one stream to every gzip reader (members read in turn)."""
+    head, tail = mixed(before), text(2 * BLOCK_SIZE + 999, seed=5)
+    sink = Sink()
+    writer = ParallelGzipWriter(sink, threads=2)
+    writer.write(head)
+    writer.new_member()
+    for start in range(0, len(tail), 70_000):
+        writer.write(tail[start : start + 70_000])
+    writer.close()
+    out = bytes(sink.data)
+    [offset] = writer.member_offsets
+    assert out[offset : offset + 3] == b"\x1f\x8b\x08"
+    assert gzip.decompress(out[offset:]) == tail
+    proc = gzip_binary("-dc", data=out[offset:])
+    assert proc.returncode == 0 and proc.stdout == tail
+    assert gzip.decompress(out) == igzip.decompress(out) == head + tail
+    proc = gzip_binary("-dc", data=out)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == head + tail
+    # The first member ends right before it, with its own CRC and length.
+    first = zlib.decompressobj(wbits=31)
+    assert first.decompress(out[:offset]) == head and first.eof and not first.unused_data

@@ -368,6 +368,22 @@ def test_reader_returns_exact_bytes_of_a_multi_chunk_object(case: Case) -> None:
     assert digest.hexdigest() == hashlib.sha256(data).hexdigest()
 
 
+def test_reader_starts_at_an_offset(case: Case) -> None:
+    """open_reader(key, start): from that byte to the end (the dumps' section of an
+    archive); at the size, nothing; past it, a StorageError naming the object."""
+    t = case.target
+    data = payload(9 * MiB + 5, seed=4)
+    t.put(case.key("ranged"), data)
+    for start in (0, 1, 8 * MiB + 17, len(data)):
+        with t.open_reader(case.key("ranged"), start) as reader:
+            got = bytearray()
+            while chunk := reader.read(3 * MiB + 1):
+                got += chunk
+        assert bytes(got) == data[start:]
+    with pytest.raises(StorageError, match="ranged"):
+        t.open_reader(case.key("ranged"), len(data) + 1)
+
+
 def test_reader_of_small_and_empty_objects(case: Case) -> None:
     t = case.target
     t.put(case.key("tiny"), b"abc")
