@@ -16,6 +16,7 @@ local target, then measures, side by side in each round:
     C   itsup backup                         the tree and the database together
                                              (projects/db/backup.yml, the direct mode)
     D   pg_restore --exit-on-error -d NEW FILE   A's file into a fresh database
+    D2  the same with --jobs 2               (for reference: what itsup runs on 2 cores)
     E   itsup restore db --databases-only --yes  C's dump loaded from the backup
 
 Targets: C <= 1.15 x max(A, B); E <= 1.2 x D; itsup's peak RSS in C < 300 MiB.
@@ -83,6 +84,7 @@ LABELS = {
     "B": "B: itsup backup, files only",
     "C": "C: itsup backup, files + database",
     "D": "D: pg_restore into a fresh database (A's file)",
+    "D2": "D2: pg_restore --jobs 2 (the same, for reference)",
     "E": "E: itsup restore --databases-only",
 }
 
@@ -578,8 +580,9 @@ def check(e: Env, database: str, m: Measure, what: str) -> None:
         print(f"\n!!! {m.run.note}\n", flush=True)
 
 
-def pg_restore(e: Env, rep: int) -> Measure:
+def pg_restore(e: Env, rep: int, jobs: int = 1) -> Measure:
     source = e.dumps / f"{e.db}.pgdump"
+    parallel = [f"--jobs={jobs}"] if jobs > 1 else []
 
     def prepare() -> None:
         e.pg.drop(e.fresh)
@@ -588,10 +591,10 @@ def pg_restore(e: Env, rep: int) -> Measure:
 
     try:
         m = measured(
-            e, ["pg_restore", *e.pg.conn, "--exit-on-error", "-d", e.fresh, str(source)],
-            e.dumps, e.logs / f"pg_restore-{rep}.log", prepare,
+            e, ["pg_restore", *e.pg.conn, "--exit-on-error", *parallel, "-d", e.fresh, str(source)],
+            e.dumps, e.logs / f"pg_restore-{rep}-j{jobs}.log", prepare,
         )  # fmt: skip
-        check(e, e.fresh, m, "D")
+        check(e, e.fresh, m, "D" if jobs == 1 else f"D{jobs}")
     finally:
         e.pg.drop(e.fresh)
     return m
@@ -627,6 +630,9 @@ def run_round(e: Env, rep: int) -> dict[str, Measure]:
         print(f"[{rep}] {LABELS['D']} ...", flush=True)
         out["D"] = pg_restore(e, rep)
         report(out["D"])
+        print(f"[{rep}] {LABELS['D2']} ...", flush=True)
+        out["D2"] = pg_restore(e, rep, jobs=2)
+        report(out["D2"])
         print(f"[{rep}] {LABELS['E']} ...", flush=True)
         out["E"] = itsup_restore(e, rep)
         report(out["E"])
@@ -678,7 +684,7 @@ def table(rounds: list[dict[str, Measure]]) -> list[str]:
         "| Output MiB | Peak RSS MiB | Load before (1 min) | Cores busy before | Runs redone |",
         "|---|---:|---|---:|---:|---:|---:|---:|---|---|---:|",
     ]
-    for key in ("A", "A0", "B", "C", "D", "E"):
+    for key in ("A", "A0", "B", "C", "D", "D2", "E"):
         ms = good(rounds, key)
         bad = failures(rounds, key)
         if not ms:
@@ -746,6 +752,14 @@ def targets(rounds: list[dict[str, Measure]]) -> list[str]:
         )
     else:
         out.append("- E vs D: N/A (a scenario failed)")
+    d2 = good(rounds, "D2")
+    if d2 and e:
+        spread = ratio_range(rounds, lambda r: r["E"].run.seconds / r["D2"].run.seconds)
+        out.append(
+            f"- For reference, E vs D2 (pg_restore --jobs 2, as itsup loads with the host's "
+            f"client on 2 cores): {med(e, 'seconds') / med(d2, 'seconds'):.2f}x "
+            f"(round by round {spread})"
+        )
     if c:
         peak = max(m.run.peak_rss_kib for m in c) / 1024
         out.append(
@@ -836,9 +850,10 @@ def render(
         f"- C lists the database in `projects/{PROJECT}/backup.yml` (`adapter: postgres`, "
         "host/port/user: the host's pg_dump, no container); E loads it back with "
         f"`itsup restore {PROJECT} --databases-only --yes` (DROP DATABASE ... WITH (FORCE), "
-        "pg_restore --create from stdin); D is `pg_restore --exit-on-error` of A's file into a "
-        "new empty database. Both restores are checked (rows and a hash of every row per table).",
-        f"- Median of {len(rounds)} round(s); the order of A, A0, B, C rotates each round, D and E "
+        "reading only the archive's dump section, then pg_restore --create --jobs with the spool "
+        "file); D is `pg_restore --exit-on-error` of A's file into a new empty database, D2 the "
+        "same with `--jobs 2`. Every restore is checked (rows and a hash of every row per table).",
+        f"- Median of {len(rounds)} round(s); the order of A, A0, B, C rotates each round, D, D2, E "
         "follow; before each run: CHECKPOINT, sync, a pause. Warm caches (the tree and the "
         "database fit in memory). CPU seconds: the command's and its children's (os.wait4: "
         "pg_dump and pg_restore, or itsup with the clients it runs), the PostgreSQL server's "
@@ -859,8 +874,8 @@ def render(
         "Sampled every 50 ms while itsup runs. C: when the dump's spool file stopped growing, "
         "when itsup opened it to append it to the archive (once the tree and the dump are both "
         "done), the tail from then to the end (the append, index, manifest, fsync). E: when "
-        "pg_restore started (before it: reading and checking the whole archive, writing the "
-        "dump out of it). Cores busy: the whole machine, before and from that point.",
+        "pg_restore started (before it: start-up, planning, reading the archive's dump section, "
+        "checking the dump and writing it to the spool, the globals, DROP DATABASE). Cores busy: the whole machine, before and from that point.",
         "",
         *profile_lines(rounds),
     ]
