@@ -223,7 +223,7 @@ def remove_leftovers(dest: Path) -> None:
         if not path.name.startswith(STAGING_MARK):
             continue
         pid = path.name[len(STAGING_MARK) :].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and pid_alive(int(pid)):
             continue
         if path.name.endswith(ASIDE_SUFFIX) and path.is_dir() and not path.is_symlink():
             with contextlib.suppress(OSError):
@@ -257,7 +257,8 @@ def _put_back(aside: Path, dest: Path, rel: str) -> list[str]:
     return back
 
 
-def _alive(pid: int) -> bool:
+def pid_alive(pid: int) -> bool:
+    """Whether a process with this id exists (one of another user's counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

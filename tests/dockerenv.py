@@ -63,6 +63,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from itsup.swap import pid_alive  # the same liveness check as the restore journal's
+
 DAEMON_ARGS = ("--iptables=false", "--bridge=none")
 DAEMON_TIMEOUT = 60.0
 DEFAULT_SOCKET = "/var/run/docker.sock"
@@ -292,16 +294,6 @@ def lease_dir() -> Path:
     return folder
 
 
-def alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
 # -- running things ---------------------------------------------------------------------
 
 
@@ -486,7 +478,7 @@ def stop_pid(pid: int, grace: float = 20.0) -> None:
             reaped, _ = os.waitpid(pid, os.WNOHANG)  # our own child when started in-process
         except ChildProcessError:
             reaped = 0
-        if reaped == pid or not alive(pid):
+        if reaped == pid or not pid_alive(pid):
             return
         time.sleep(0.2)
     log(f"dockerd {pid} still runs after {grace:.0f} s: SIGKILL")
@@ -511,7 +503,7 @@ def drop_lease() -> list[int]:
             pid = int(lease.name)
         except ValueError:
             continue
-        if alive(pid):
+        if pid_alive(pid):
             held.append(pid)
         else:
             lease.unlink(missing_ok=True)

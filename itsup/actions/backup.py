@@ -240,7 +240,7 @@ def run_backup(
         ):
             done: list[DumpRecord] = []
 
-            def after_tree() -> list[tuple[str, str]]:
+            def after_tree() -> list[tuple[str, str, str | None]]:
                 stopped.start_again()  # the files are read: the services run again
                 records, members = dumps.wait()
                 done.extend(records)
@@ -446,7 +446,7 @@ def stream_archive(
     before_commit: Callable[[Stats], None] | None = None,
     *,
     plans: list[ProjectPlan] | None = None,
-    extras: Callable[[], list[tuple[str, str]]] | None = None,
+    extras: Callable[[], list[tuple[str, str, str | None]]] | None = None,
 ) -> tuple[tuple[int, str], Stats, FanOut | None]:
     """walk -> tar -> compress -> encrypt -> hash (`codec.encode`) -> each target's
     upload (`pipeline.fanout` when there are several); abort the uploads on any

@@ -122,10 +122,11 @@ class DumpRun:
             for d in dumped
         ]  # fmt: skip
 
-    def wait(self) -> tuple[list[DumpRecord], list[tuple[str, str]]]:
-        """Every record, and the files to archive as (archive path, spool path), in job order."""
+    def wait(self) -> tuple[list[DumpRecord], list[tuple[str, str, str | None]]]:
+        """Every record, and the files to archive as (archive path, spool path, SHA-256:
+        taken as the dump was spooled, or None for their folder), in job order."""
         records: list[DumpRecord] = []
-        members: list[tuple[str, str]] = []
+        members: list[tuple[str, str, str | None]] = []
         folders: set[str] = set()
         for job, future in self._futures:
             for record in future.result():
@@ -135,6 +136,6 @@ class DumpRun:
                 folder, name = record.file.rsplit("/", 1)
                 if folder not in folders:  # the folder first, as tar lists it
                     folders.add(folder)
-                    members.append((folder, str(self.spool / job.project)))
-                members.append((record.file, str(self.spool / job.project / name)))
+                    members.append((folder, str(self.spool / job.project), None))
+                members.append((record.file, str(self.spool / job.project / name), record.sha256))
         return records, members

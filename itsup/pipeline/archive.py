@@ -40,6 +40,10 @@ def _update_now(digest: Any, data: bytes) -> None:
     digest.update(data)
 
 
+def _no_update(digest: Any, data: bytes) -> None:
+    pass
+
+
 class Sink(Protocol):
     def write(self, data: bytes) -> int: ...
 
@@ -241,7 +245,16 @@ class TarWriter:
         self.sink.write(data)
         self.written += len(data)
 
-    def add(self, rel: str, absolute: str, st: os.stat_result, stats: Stats) -> None:
+    def add(
+        self,
+        rel: str,
+        absolute: str,
+        st: os.stat_result,
+        stats: Stats,
+        sha256: str | None = None,
+    ) -> None:
+        """Write one member. `sha256`, when the caller already hashed the file (a dump,
+        hashed as it was spooled), is taken for the index instead of hashing it again."""
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             self._out(_header(rel, tarfile.DIRTYPE, st))
@@ -267,7 +280,7 @@ class TarWriter:
             self.on_entry(_entry(rel, "symlink", st, link=link))
             stats.symlinks += 1
         elif stat.S_ISREG(mode):
-            self._add_file(rel, absolute, stats)
+            self._add_file(rel, absolute, stats, sha256)
         else:
             kind = (
                 "socket"
@@ -287,7 +300,7 @@ class TarWriter:
                 raise
             return os.open(absolute, flags)  # O_NOATIME needs ownership
 
-    def _add_file(self, rel: str, absolute: str, stats: Stats) -> None:
+    def _add_file(self, rel: str, absolute: str, stats: Stats, known: str | None = None) -> None:
         try:
             fd = self._open(absolute)
         except FileNotFoundError:
@@ -307,7 +320,13 @@ class TarWriter:
             size = st.st_size
             self._out(_header(rel, tarfile.REGTYPE, st, size=size))
             digest = hashlib.sha256()
-            update = self.hasher.update if size > ASYNC_HASH_FROM else _update_now
+            update = (
+                _no_update
+                if known
+                else self.hasher.update
+                if size > ASYNC_HASH_FROM
+                else _update_now
+            )
             remaining = size
             changed = False
             failed = False  # a read error, already recorded as this file's problem
@@ -334,7 +353,11 @@ class TarWriter:
                 remaining -= len(chunk)
                 self.on_bytes(len(chunk))
             hexdigest = (
-                self.hasher.hexdigest(digest) if size > ASYNC_HASH_FROM else digest.hexdigest()
+                known
+                if known
+                else self.hasher.hexdigest(digest)
+                if size > ASYNC_HASH_FROM
+                else digest.hexdigest()
             )
             tail = size % BLOCK
             if tail:
@@ -367,12 +390,13 @@ def write_archive(
     sink: Sink,
     on_entry: Callable[[Entry], None],
     on_bytes: Callable[[int], None] | None = None,
-    extras: Callable[[], list[tuple[str, str]]] | None = None,
+    extras: Callable[[], list[tuple[str, str, str | None]]] | None = None,
 ) -> Stats:
     """Stream the selected tree into `sink` as a tar archive; return what was stored.
 
     `extras`, called once the tree is written, gives more members as (archive
-    path, path on disk), added after it in that order: a backup's database dumps.
+    path, path on disk, SHA-256 if known), added after it in that order: a
+    backup's database dumps.
     Before them the sink is asked to start a new member (`new_member`, when it
     has one: the gzip stage), and `stats.extras_at` notes their tar offset.
     """
@@ -389,8 +413,8 @@ def write_archive(
             new_member = getattr(sink, "new_member", None)
             if new_member is not None:
                 new_member()
-        for rel, absolute in more:
-            writer.add(rel, absolute, os.lstat(absolute), stats)
+        for rel, absolute, sha256 in more:
+            writer.add(rel, absolute, os.lstat(absolute), stats, sha256)
         writer.finish()
     finally:
         writer.hasher.close()

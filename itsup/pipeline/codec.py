@@ -53,7 +53,7 @@ def encode(
     recipients: list[Any],
     on_entry: Callable[[Entry], None],
     on_bytes: Callable[[int], None] | None = None,
-    extras: Callable[[], list[tuple[str, str]]] | None = None,
+    extras: Callable[[], list[tuple[str, str, str | None]]] | None = None,
 ) -> Encoded:
     """Write the selected tree to `sink`: tar -> compress (`codec`) -> age (when there are
     `recipients`) -> SHA-256 of the bytes written.
