@@ -32,18 +32,21 @@ import io
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.utils import parse_timestamp
 
 from itsup.errors import NotFoundError, StorageError
 from itsup.storage.base import ObjectInfo, Retention, TransientError
+from itsup.storage.s3delete import BulkDelete
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -91,6 +94,18 @@ def _describe(exc: Exception) -> str:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _timestamp(value: str) -> datetime:
+    """botocore's timestamp parser, quick for the ISO 8601 form of listings
+    (`2026-01-15T03:00:00.000Z`): botocore parses each through dateutil, which
+    took most of the client's time listing 15,000 objects. Any other form
+    (HeadObject's HTTP date) goes to botocore's own parser."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return parse_timestamp(value)
+    return parsed if parsed.tzinfo is not None else parse_timestamp(value)
 
 
 def content_md5(body: bytes | bytearray | BinaryIO) -> str:
@@ -559,13 +574,19 @@ class S3Target:
             request_checksum_calculation=checksum,  # type: ignore[arg-type]
             response_checksum_validation=checksum,  # type: ignore[arg-type]
         )
+        core = botocore.session.get_session()
+        core.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=_timestamp
+        )
         session = boto3.session.Session(
+            botocore_session=core,
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
             aws_session_token=session_token,
             region_name=region,
         )
         self.client = session.client("s3", endpoint_url=endpoint, config=config)
+        self.bulk = BulkDelete(self.client, bucket, self.name, self.delete)
         self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="s3-up")
         self.read_pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="s3-down")
         self._lock = threading.Lock()
@@ -699,6 +720,10 @@ class S3Target:
     def delete(self, key: str) -> None:
         with contextlib.suppress(NotFoundError):
             self._call("deleting", key, self.client.delete_object, Key=key)
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, StorageError]:
+        """DeleteObjects where the server has it, else single deletes (`s3delete.py`)."""
+        return self.bulk.delete_many(keys)
 
     def copy(self, src: str, dst: str) -> None:
         size = self.stat(src).size
