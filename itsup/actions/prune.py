@@ -164,7 +164,7 @@ def plan(
                 "perhaps still being written"
             )
     tz = time_zone(retention.timezone)
-    for decision in apply_policy(complete, retention.policy, tz, now):
+    for decision in apply_policy(complete, retention, tz, now):
         row = rows[decision.name]
         row.rules = list(decision.reasons)
         if not decision.keep and not row.protected:
