@@ -16,11 +16,11 @@ nothing restores), then the index, then the archive. Many generations are
 deleted in batches of BATCH, step by step: every manifest of the batch (one
 bulk delete on S3, where the server has one), then the indexes of those whose
 manifest went, then their archives; a generation whose object failed to go
-keeps the objects after it. Never deleted: the newest
-complete generation, the generation `latest` is a copy of, and a generation
-any of whose objects is still under Object Lock retention (`lock_of`: a
-delete would only hide it behind a delete marker, unrestorable by itsup while
-its bytes stay stored and paid for until the retention ends).
+keeps the objects after it. Never deleted: the newest complete generation,
+the generation `latest` is a copy of, and a generation any of whose objects
+is still under Object Lock retention (`lock_of`: a delete would only hide it
+behind a delete marker, unrestorable by itsup while its bytes stay stored
+and paid for until the retention ends).
 
 What failed runs leave behind is removed by the next backup: unfinished
 uploads at once (the host lock says no run of this host is writing), and
@@ -298,7 +298,7 @@ class GenerationStore:
             for key, name in step.items():
                 if key in failures:
                     done.failed.setdefault(name, failures[key])
-                elif name not in done.failed:
+                else:  # gone, even when another object of its step failed
                     done.deleted[name].append(key)
             live = [gen for gen in live if gen.name not in done.failed]
 
