@@ -432,20 +432,15 @@ def _time_zone(value: str) -> str:
     return value
 
 
-KeepCount = Annotated[int, BeforeValidator(_keep_count)]
+KEEP_COUNTS = tuple(name for name in Policy.model_fields if name != "keep_within")
 
 
-class RetentionConfig(Strict):
-    """`backup.retention`: what `itsup backup prune` keeps (restic's `forget --keep-*`)."""
+class RetentionConfig(Strict, Policy):
+    """`backup.retention`: what `itsup backup prune` keeps (restic's `forget --keep-*`):
+    the rules (`retention.Policy`'s keep_* fields, read as the configuration reads
+    numbers and durations), and the settings below."""
 
-    keep_last: KeepCount = 0
-    keep_hourly: KeepCount = 0
-    keep_daily: KeepCount = 0
-    keep_weekly: KeepCount = 0
-    keep_monthly: KeepCount = 0
-    keep_yearly: KeepCount = 0
-    # Everything newer than the newest generation minus this is kept.
-    keep_within: Seconds | None = None
+    model_config = Strict.model_config
     # Run prune after every backup that stored a generation (its failure is a warning).
     prune_after_backup: Flag = False
     # The wall clock the hours, days, weeks, months and years are counted in.
@@ -453,27 +448,25 @@ class RetentionConfig(Strict):
         LOCAL
     )
 
+    @field_validator(*KEEP_COUNTS, mode="before")
+    @classmethod
+    def _count(cls, value: Any) -> Any:
+        return _keep_count(value)
+
+    @field_validator("keep_within", mode="before")
+    @classmethod
+    def _within(cls, value: Any) -> Any:
+        return _seconds(value)
+
     @model_validator(mode="after")
     def _keeps_something(self) -> RetentionConfig:
-        if self.policy.empty():
+        if self.empty():
             raise ValueError(
                 "keeps nothing: set at least one of keep_last, keep_hourly, keep_daily, "
                 "keep_weekly, keep_monthly, keep_yearly (above 0) or keep_within; an empty "
                 "policy is refused rather than read as 'remove all but the newest'"
             )
         return self
-
-    @property
-    def policy(self) -> Policy:
-        return Policy(
-            last=self.keep_last,
-            hourly=self.keep_hourly,
-            daily=self.keep_daily,
-            weekly=self.keep_weekly,
-            monthly=self.keep_monthly,
-            yearly=self.keep_yearly,
-            within=self.keep_within,
-        )
 
 
 def unknown_target(name: str, known: list[str]) -> str:

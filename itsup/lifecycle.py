@@ -12,12 +12,15 @@ Writes, by a backup that holds the host lock:
 
 Deletes, by cleanup and by retention (`actions/prune.py`), go the other way: the manifest
 first (which un-commits the generation: from that instant it is a leftover
-nothing restores), then the index, then the archive, one object at a time
-(some S3-compatible servers refuse bulk deletes). Never deleted: the newest
-complete generation, the generation `latest` is a copy of, and a generation
-any of whose objects is still under Object Lock retention (`lock_of`: a
-delete would only hide it behind a delete marker, unrestorable by itsup while
-its bytes stay stored and paid for until the retention ends).
+nothing restores), then the index, then the archive. Many generations are
+deleted in batches of BATCH, step by step: every manifest of the batch (one
+bulk delete on S3, where the server has one), then the indexes of those whose
+manifest went, then their archives; a generation whose object failed to go
+keeps the objects after it. Never deleted: the newest complete generation,
+the generation `latest` is a copy of, and a generation any of whose objects
+is still under Object Lock retention (`lock_of`: a delete would only hide it
+behind a delete marker, unrestorable by itsup while its bytes stay stored
+and paid for until the retention ends).
 
 What failed runs leave behind is removed by the next backup: unfinished
 uploads at once (the host lock says no run of this host is writing), and
@@ -32,6 +35,8 @@ import hashlib
 import json
 import logging
 import time
+from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 
@@ -45,6 +50,11 @@ log = logging.getLogger("itsup.lifecycle")
 DEFAULT_ORPHAN_GRACE = 3600
 LATEST_SUFFIXES = (".tar.gz", ".tar.gz.age", ".tar", ".tar.age")
 POINTER = f"{LATEST}.json"  # {"generation": NAME, "archive": KEY}: what `latest` copies
+# Generations deleted together: their manifests, then their indexes, then their archives
+# (on S3 one DeleteObjects each, which takes up to 1,000 keys). A run stopped half way
+# leaves at most this many generations un-committed (the next cleanup removes them).
+BATCH = 1000
+LOCK_CHECKS = 16  # generations whose Object Lock retention is asked at once
 
 
 class ProtectedGeneration(ItsupError):
@@ -66,6 +76,16 @@ class LockedGeneration(ItsupError):
 def format_until(seconds: float) -> str:
     """A retain-until time as the operator reads it: `2026-04-15 03:00 UTC`."""
     return datetime.fromtimestamp(seconds, UTC).strftime("%Y-%m-%d %H:%M UTC")
+
+
+@dataclass
+class Deletion:
+    """What deleting several generations did, by generation name."""
+
+    deleted: dict[str, list[str]] = field(default_factory=dict)  # keys gone, in order
+    locked: dict[str, LockedGeneration] = field(default_factory=dict)  # left: under retention
+    # Left (from that object on) by a failure: the objects before it are gone.
+    failed: dict[str, StorageError] = field(default_factory=dict)
 
 
 @dataclass
@@ -211,28 +231,82 @@ class GenerationStore:
         `found` is the current listing (to know what is protected). Refuses
         (ProtectedGeneration) the newest complete generation and what `latest`
         copies, and (LockedGeneration, saying until when) one still under Object
-        Lock retention. A run killed half way leaves an incomplete generation, which
-        the next cleanup removes. `protected`, when given, is `protected(found)`
-        worked out once by a caller deleting many (prune).
+        Lock retention; a failed delete raises its StorageError. A run killed half
+        way leaves an incomplete generation, which the next cleanup removes.
         """
-        if gen.name in (self.protected(found) if protected is None else protected):
+        done = self.delete_generations([gen], found, protected)
+        if gen.name in done.locked:
+            raise done.locked[gen.name]
+        if gen.name in done.failed:
+            raise done.failed[gen.name]
+        return done.deleted[gen.name]
+
+    def delete_generations(
+        self,
+        gens: Sequence[Generation],
+        found: list[Generation],
+        protected: set[str] | None = None,
+    ) -> Deletion:
+        """Delete `gens` in batches of BATCH, in their order, each manifest first.
+
+        Refuses (ProtectedGeneration, before anything is deleted) when one of them is
+        the newest complete generation or what `latest` copies; `protected`, when
+        given, is `protected(found)` worked out once by the caller. A generation still
+        under Object Lock retention is left (`locked`); one whose delete fails is left
+        from that object on (`failed`), its later objects kept: an archive never goes
+        while its manifest stays."""
+        keep = self.protected(found) if protected is None else protected
+        refused = [gen.name for gen in gens if gen.name in keep]
+        if refused:
             raise ProtectedGeneration(
-                f"{gen.name} is the newest complete generation or what latest is a copy "
+                f"{refused[0]} is the newest complete generation or what latest is a copy "
                 "of; it is never deleted"
             )
-        lock = self.lock_of(gen)
-        if lock is not None:
-            raise LockedGeneration(gen.name, lock)
-        return self._delete_objects(gen)
+        done = Deletion()
+        for start in range(0, len(gens), BATCH):
+            self._delete_batch(gens[start : start + BATCH], done)
+        return done
 
-    def _delete_objects(self, gen: Generation) -> list[str]:
-        order = sorted(gen.objects, key=_delete_rank)
-        deleted = []
-        for suffix in order:
-            key = f"{self.prefix}{gen.name}.{suffix}"
-            self.target.delete(key)
-            deleted.append(key)
-        return deleted
+    def _delete_batch(self, gens: Sequence[Generation], done: Deletion) -> None:
+        """One batch: the locks asked, then the objects step by step (`_delete_rank`)."""
+        if self._may_lock is None:
+            self._may_lock = self.target.may_lock()
+        live = list(gens)
+        if self._may_lock:
+            with ThreadPoolExecutor(min(LOCK_CHECKS, len(gens))) as pool:
+                checked = list(pool.map(self._lock_or_error, gens))
+            live = []
+            for gen, lock in zip(gens, checked, strict=True):
+                if isinstance(lock, StorageError):
+                    done.failed[gen.name] = lock
+                elif lock is not None:
+                    done.locked[gen.name] = LockedGeneration(gen.name, lock)
+                else:
+                    live.append(gen)
+        for gen in live:
+            done.deleted[gen.name] = []
+        for rank in (0, 1, 2):
+            step = {
+                f"{self.prefix}{gen.name}.{suffix}": gen.name
+                for gen in live
+                for suffix in sorted(gen.objects)
+                if _delete_rank(suffix) == rank
+            }
+            if not step:
+                continue
+            failures = self.target.delete_many(list(step))
+            for key, name in step.items():
+                if key in failures:
+                    done.failed.setdefault(name, failures[key])
+                else:  # gone, even when another object of its step failed
+                    done.deleted[name].append(key)
+            live = [gen for gen in live if gen.name not in done.failed]
+
+    def _lock_or_error(self, gen: Generation) -> Retention | StorageError | None:
+        try:
+            return self.lock_of(gen)
+        except StorageError as exc:
+            return exc
 
     def stale_leftovers(
         self, found: list[Generation], grace_seconds: float, now: float | None = None
@@ -264,18 +338,18 @@ class GenerationStore:
         if done.uploads:
             log.info("discarded %d unfinished upload(s) left by an interrupted run", done.uploads)
         listing = self.generations() if found is None else found
-        for gen in self.stale_leftovers(listing, grace_seconds):
-            try:
-                lock = self.lock_of(gen)
-                if lock is not None:
-                    log.info("%s", LockedGeneration(gen.name, lock).message)
-                    continue
-                keys = self._delete_objects(gen)
-            except StorageError as exc:
+        stale = self.stale_leftovers(listing, grace_seconds)
+        gone = self.delete_generations(stale, listing, protected=set())
+        for gen in stale:
+            if gen.name in gone.locked:
+                log.info("%s", gone.locked[gen.name].message)
+            elif gen.name in gone.failed:
                 # A key that may not delete (prune and cleanup run elsewhere) still
                 # backs up: the leftover stays for the key that may.
-                log.warning("leftover %s not removed: %s", gen.name, exc.message)
+                log.warning("leftover %s not removed: %s", gen.name, gone.failed[gen.name].message)
+            if gen.name in gone.failed or gen.name in gone.locked:
                 continue
+            keys = gone.deleted[gen.name]
             done.orphans += keys
             log.info(
                 "removed %s, left without a manifest by a run that did not finish: %s",

@@ -29,6 +29,8 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import datetime, timedelta, tzinfo
 
+from pydantic import BaseModel, ConfigDict, Field
+
 UNLIMITED = -1
 # The period rules, newest-first bucketing keys in local time, in restic's order.
 PERIODS: tuple[tuple[str, Callable[[datetime], tuple[int, ...]]], ...] = (
@@ -42,25 +44,35 @@ RULES = ("within", "last", *(name for name, _ in PERIODS))
 EMPTY = "policy is empty"
 
 
-@dataclass(frozen=True)
-class Policy:
-    """Counts per rule (0: not used, -1: unlimited) and `within` in seconds."""
+class Policy(BaseModel):
+    """Counts per rule (0: not used, -1: unlimited) and `keep_within` in seconds.
 
-    last: int = 0
-    hourly: int = 0
-    daily: int = 0
-    weekly: int = 0
-    monthly: int = 0
-    yearly: int = 0
-    within: float | None = None
+    The one definition of the rules: `backup.retention` in itsup.yml
+    (`config.RetentionConfig`) is this model with the configuration's own
+    parsing (`unlimited`, `2d`) and settings (time zone, prune after backup)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    keep_last: int = 0
+    keep_hourly: int = 0
+    keep_daily: int = 0
+    keep_weekly: int = 0
+    keep_monthly: int = 0
+    keep_yearly: int = 0
+    # Everything newer than the newest generation minus this is kept.
+    keep_within: int | None = Field(default=None, ge=1)
 
     def empty(self) -> bool:
         """Whether the policy keeps nothing at all (restic refuses to apply one)."""
-        counts = (self.last, self.hourly, self.daily, self.weekly, self.monthly, self.yearly)
-        return not any(counts) and not self.within
+        return not any(self.count(rule) for rule in RULES[1:]) and not self.keep_within
 
     def count(self, rule: str) -> int:
-        return int(getattr(self, rule))
+        return int(getattr(self, f"keep_{rule}"))
+
+    @property
+    def rules(self) -> Policy:
+        """The rules alone, without what a subclass adds (configuration settings)."""
+        return Policy(**{name: getattr(self, name) for name in Policy.model_fields})
 
 
 @dataclass(frozen=True)
@@ -96,7 +108,7 @@ def apply_policy(
     ordered = sorted(generations, key=lambda pair: pair[1], reverse=True)
     if policy.empty():
         return [Decision(name, when, (EMPTY,)) for name, when in ordered]
-    cutoff = _within_cutoff(ordered, policy.within, now)
+    cutoff = _within_cutoff(ordered, policy.keep_within, now)
     left = {name: policy.count(name) for name in ("last", *(p for p, _ in PERIODS))}
     previous: dict[str, object] = {}
     oldest = len(ordered) - 1

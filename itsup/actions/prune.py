@@ -9,10 +9,10 @@ lifecycle never deletes.
 Order of work (docs/design.md, "Deletes"): under the host lock, list once,
 plan, then `GenerationStore.clean_up` (unfinished uploads, and leftovers
 without a manifest older than `backup.orphan_grace`), then every generation
-the policy does not keep, oldest first, each through
-`GenerationStore.delete_generation` (manifest, index, archive). A run
-stopped half way leaves a superset of what the policy keeps; the next prune
-or backup finishes the job.
+the policy does not keep, oldest first, through
+`GenerationStore.delete_generations` (in batches: the manifests, then the
+indexes, then the archives). A run stopped half way leaves a superset of
+what the policy keeps; the next prune or backup finishes the job.
 """
 
 from __future__ import annotations
@@ -20,24 +20,22 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
 from itsup.config import RetentionConfig
 from itsup.durations import format_duration
-from itsup.errors import ConfigError
+from itsup.errors import ConfigError, StorageError
 from itsup.generation import Generation, location
 from itsup.host import Host
-from itsup.lifecycle import GenerationStore, LockedGeneration, format_until
+from itsup.lifecycle import GenerationStore, format_until
 from itsup.lock import host_lock
 from itsup.retention import UNLIMITED, apply_policy, time_zone
 
 log = logging.getLogger("itsup.prune")
 
 NEWEST = "newest complete"
-DELETE_WORKERS = 16  # generations deleted at once (each one in its own order)
 LATEST = "latest"
 
 
@@ -166,7 +164,7 @@ def plan(
                 "perhaps still being written"
             )
     tz = time_zone(retention.timezone)
-    for decision in apply_policy(complete, retention.policy, tz, now):
+    for decision in apply_policy(complete, retention, tz, now):
         row = rows[decision.name]
         row.rules = list(decision.reasons)
         if not decision.keep and not row.protected:
@@ -256,22 +254,24 @@ def _remove(
     result.deleted += cleanup.orphans
     protected = store.protected(found)  # once, not once per generation deleted
     doomed = [r for r in reversed(rows) if r.action == "remove" and r.complete]  # oldest first
-
-    def remove(row: PruneRow) -> list[str]:
-        try:
-            return store.delete_generation(by_name[row.name], found, protected)
-        except LockedGeneration as exc:  # Object Lock: the store itself would refuse
+    # In batches, step by step (every manifest of a batch, then their indexes, then
+    # their archives), so a prune stopped half way leaves whole generations or
+    # un-committed leftovers, never a manifest without its archive.
+    done = store.delete_generations([by_name[r.name] for r in doomed], found, protected)
+    failed = []
+    for row in doomed:
+        if row.name in done.locked:  # Object Lock: the store itself would refuse
+            lock = done.locked[row.name]
             row.action = "keep"
-            row.note = f"locked ({exc.lock.mode}) until {format_until(exc.lock.until)}"
-            log.info("%s", exc.message)
-            return []
-
-    # Generations are independent: several are deleted at once, each in its own
-    # order (manifest, index, archive), so a prune stopped half way leaves whole
-    # generations or un-committed leftovers, never a manifest without its archive.
-    with ThreadPoolExecutor(DELETE_WORKERS) as pool:
-        for row, keys in zip(doomed, pool.map(remove, doomed), strict=True):
-            if row.action != "remove":
-                continue
+            row.note = f"locked ({lock.lock.mode}) until {format_until(lock.lock.until)}"
+            log.info("%s", lock.message)
+        elif row.name in done.failed:
+            failed.append(done.failed[row.name])
+            log.warning("%s not removed: %s", row.name, done.failed[row.name].message)
+        else:
+            keys = done.deleted[row.name]
             result.deleted += keys
             log.info("removed %s (not kept by backup.retention): %d object(s)", row.name, len(keys))
+    if failed:
+        more = f" (and {len(failed) - 1} more generation(s) not removed)" if len(failed) > 1 else ""
+        raise StorageError(f"{failed[0].message}{more}")

@@ -15,7 +15,7 @@ inside it.
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
@@ -109,6 +109,13 @@ class Target(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove an object; deleting a missing key is not an error."""
+        ...
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, StorageError]:
+        """Remove several objects, in no promised order among them (a caller that
+        needs an order makes one call per step). Returns what failed, by key: the
+        error a `delete` of that key would have raised (a missing key is not a
+        failure); every other key is gone when it returns."""
         ...
 
     def copy(self, src: str, dst: str) -> None:

@@ -12,7 +12,7 @@ import os
 import secrets
 import shutil
 import stat
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import BinaryIO
 
@@ -172,6 +172,15 @@ class LocalTarget:
             pass
         except OSError as exc:
             raise StorageError(f"{self.name}: deleting {key}: {exc.strerror}") from None
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, StorageError]:
+        failures = {}
+        for key in keys:
+            try:
+                self.delete(key)
+            except StorageError as exc:
+                failures[key] = exc
+        return failures
 
     def copy(self, src: str, dst: str) -> None:
         source, final = self._path(src), self._path(dst)

@@ -10,10 +10,10 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, TypeVar
 
-from itsup.errors import ItsupError
+from itsup.errors import ItsupError, StorageError
 from itsup.storage.base import ObjectInfo, ObjectWriter, Retention, Target
 
 log = logging.getLogger("itsup.storage")
@@ -120,6 +120,17 @@ class LoggedTarget:
 
     def delete(self, key: str) -> None:
         _timed(self.name, f"delete {key}", lambda: self.inner.delete(key))
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, StorageError]:
+        """One record for the call (its first and last key, how many failed), not one
+        per key: a prune deletes thousands."""
+        if not log.isEnabledFor(logging.DEBUG) or not keys:
+            return self.inner.delete_many(keys)
+        what = f"delete {len(keys)} object(s), {keys[0]} .. {keys[-1]}"
+        failures = _timed(self.name, what, lambda: self.inner.delete_many(keys))
+        if failures:
+            log.debug("%s: %d of %d not deleted", self.name, len(failures), len(keys))
+        return failures
 
     def copy(self, src: str, dst: str) -> None:
         _timed(self.name, f"copy {src} to {dst}", lambda: self.inner.copy(src, dst))

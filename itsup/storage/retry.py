@@ -9,19 +9,21 @@ never stacked on botocore's. What S3 does raise as transient is a body that
 broke off after its request succeeded, which botocore does not retry.
 
 Only calls that are safe to repeat are retried: `put` (replaces the whole
-object), `get`, `stat`, `delete`, `copy`, `cleanup_incomplete`, opening a
-reader, and a listing until it has yielded its first object. A streaming
-write is not: its bytes are gone once written, so `open_writer` is passed
-through, and a failed upload fails the run (which cleans it up next time).
+object), `get`, `stat`, `delete` (and the keys of `delete_many` that failed
+in passing), `copy`, `cleanup_incomplete`, opening a reader, and a listing
+until it has yielded its first object. A streaming write is not: its bytes
+are gone once written, so `open_writer` is passed through, and a failed
+upload fails the run (which cleans it up next time).
 """
 
 from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import BinaryIO, TypeVar
 
+from itsup.errors import StorageError
 from itsup.storage.base import ObjectInfo, ObjectWriter, Retention, Target, TransientError
 
 log = logging.getLogger("itsup.storage")
@@ -104,6 +106,22 @@ class RetryingTarget:
 
     def delete(self, key: str) -> None:
         self._again(f"delete {key}", lambda: self.inner.delete(key))
+
+    def delete_many(self, keys: Sequence[str]) -> dict[str, StorageError]:
+        """The keys that failed in passing are deleted again (the others stay failed)."""
+        failures = self.inner.delete_many(keys)
+        for tries in range(1, self.retries + 1):
+            again = [key for key, exc in failures.items() if isinstance(exc, TransientError)]
+            if not again:
+                break
+            log.debug(
+                "%s: %d delete(s) failed in passing; try %d", self.name, len(again), tries + 1
+            )
+            self.sleep(pause(tries))
+            for key in again:
+                del failures[key]
+            failures.update(self.inner.delete_many(again))
+        return failures
 
     def copy(self, src: str, dst: str) -> None:
         self._again(f"copy {src} to {dst}", lambda: self.inner.copy(src, dst))

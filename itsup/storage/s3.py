@@ -32,18 +32,21 @@ import io
 import tempfile
 import threading
 from collections import deque
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, BinaryIO
 
 import boto3
+import botocore.session
 from botocore.config import Config
 from botocore.exceptions import BotoCoreError, ClientError
+from botocore.utils import parse_timestamp
 
 from itsup.errors import NotFoundError, StorageError
 from itsup.storage.base import ObjectInfo, Retention, TransientError
+from itsup.storage.s3delete import BulkDelete
 
 MiB = 1024 * 1024
 GiB = 1024 * MiB
@@ -53,6 +56,10 @@ MIN_PART = 5 * MiB  # every part but the last
 MAX_PART = 5 * GiB  # any part; also the largest single PUT
 MAX_PARTS = 10_000
 MAX_OBJECT = 5 * TiB
+# The largest object one CopyObject copies; larger ones (and any copy under Object
+# Lock) go in UploadPartCopy parts of COPY_PART.
+SINGLE_COPY_LIMIT = MAX_PART
+COPY_PART = 512 * MiB
 # Part size doubles every this many parts, up to MAX_PART; the last group of
 # parts S3 allows is always MAX_PART, so an object of MAX_OBJECT fits in
 # MAX_PARTS parts whatever the start size (part_size_mb, 5 MiB to 5 GiB).
@@ -91,6 +98,18 @@ def _describe(exc: Exception) -> str:
 
 def _code(exc: ClientError) -> str:
     return str(exc.response.get("Error", {}).get("Code", ""))
+
+
+def _timestamp(value: str) -> datetime:
+    """botocore's timestamp parser, quick for the ISO 8601 form of listings
+    (`2026-01-15T03:00:00.000Z`): botocore parses each through dateutil, which
+    took most of the client's time listing 15,000 objects. Any other form
+    (HeadObject's HTTP date) goes to botocore's own parser."""
+    try:
+        parsed = datetime.fromisoformat(value)
+    except (TypeError, ValueError):
+        return parse_timestamp(value)
+    return parsed if parsed.tzinfo is not None else parse_timestamp(value)
 
 
 def content_md5(body: bytes | bytearray | BinaryIO) -> str:
@@ -559,13 +578,19 @@ class S3Target:
             request_checksum_calculation=checksum,  # type: ignore[arg-type]
             response_checksum_validation=checksum,  # type: ignore[arg-type]
         )
+        core = botocore.session.get_session()
+        core.get_component("response_parser_factory").set_parser_defaults(
+            timestamp_parser=_timestamp
+        )
         session = boto3.session.Session(
+            botocore_session=core,
             aws_access_key_id=access_key_id,
             aws_secret_access_key=secret_access_key,
             aws_session_token=session_token,
             region_name=region,
         )
         self.client = session.client("s3", endpoint_url=endpoint, config=config)
+        self.bulk = BulkDelete(self.client, bucket, self.name, self.delete)
         self.pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="s3-up")
         self.read_pool = ThreadPoolExecutor(max_concurrency, thread_name_prefix="s3-down")
         self._lock = threading.Lock()
@@ -624,9 +649,11 @@ class S3Target:
             return None
         return Retention(str(mode), until.timestamp())
 
-    def _call(self, what: str, key: str, fn: Any, **kwargs: Any) -> Any:
+    def _call(
+        self, what: str, key: str, fn: Any, *, bucket: str | None = None, **kwargs: Any
+    ) -> Any:
         try:
-            return fn(Bucket=self.bucket, **kwargs)
+            return fn(Bucket=bucket or self.bucket, **kwargs)
         except ClientError as exc:
             if _is_not_found(exc):
                 raise NotFoundError(f"{self.name}: no object {key}") from None
@@ -702,33 +729,51 @@ class S3Target:
         with contextlib.suppress(NotFoundError):
             self._call("deleting", key, self.client.delete_object, Key=key)
 
-    def copy(self, src: str, dst: str) -> None:
-        size = self.stat(src).size
+    def delete_many(self, keys: Sequence[str]) -> dict[str, StorageError]:
+        """DeleteObjects where the server has it, else single deletes (`s3delete.py`)."""
+        return self.bulk.delete_many(keys)
+
+    def copy(
+        self, src: str, dst: str, *, src_bucket: str | None = None, size: int | None = None
+    ) -> None:
+        """Make `dst` an identical object to `src`, server-side: `src` of this bucket, or
+        of `src_bucket`, another bucket of this S3 service that this identity reads
+        (`backup sync`, `storage/transfer.py`). `size` is the source's size when the
+        caller knows it; else a HeadObject asks.
+
+        CopyObject, or UploadPartCopy parts of COPY_PART (more when MAX_PARTS would not
+        hold the object) over SINGLE_COPY_LIMIT and for any copy under Object Lock:
+        S3 refuses a CopyObject into a locked bucket without the source's
+        Content-MD5, which an archive uploaded in parts does not have (and
+        CopyObject cannot carry). A failed multipart copy is aborted."""
+        bucket = src_bucket or self.bucket
+        origin = src if bucket == self.bucket else f"{src} of bucket {bucket}"
+        if size is None:
+            head = self._call("checking", origin, self.client.head_object, bucket=bucket, Key=src)
+            size = int(head["ContentLength"])
         if size > MAX_OBJECT:  # a provider with a higher limit may hold one
             raise _too_large(self.name, dst, size)
-        # Under Object Lock a copy is a multipart copy (UploadPartCopy): S3 refuses a
-        # CopyObject into a locked bucket without the source's Content-MD5, which an
-        # archive uploaded in parts does not have (and CopyObject cannot carry).
-        if size <= MAX_PART and self.object_lock is None:
-            self._call(
-                "copying to",
-                dst,
-                self.client.copy_object,
-                Key=dst,
-                CopySource={"Bucket": self.bucket, "Key": src},
-                **self.extra_args(),
-            )
-            return
-        self._copy_multipart(src, dst, size)
+        what = f"copying {origin} to"
+        source = {"Bucket": bucket, "Key": src}
+        try:
+            if size <= SINGLE_COPY_LIMIT and self.object_lock is None:
+                self._call(
+                    what,
+                    dst,
+                    self.client.copy_object,
+                    Key=dst,
+                    CopySource=source,
+                    **self.extra_args(),
+                )
+            else:
+                self._copy_in_parts(what, source, dst, size)
+        except NotFoundError:  # what is missing is the source
+            raise NotFoundError(f"{self.name}: no object {origin}") from None
 
-    def _copy_multipart(self, src: str, dst: str, size: int) -> None:
-        if size > MAX_OBJECT:
-            raise _too_large(self.name, dst, size)
-        # 512 MiB parts, or larger ones so that MAX_PARTS hold the object (at most
-        # 550 MB for MAX_OBJECT, well under MAX_PART).
-        part = max(512 * MiB, -(-size // MAX_PARTS))
+    def _copy_in_parts(self, what: str, source: dict[str, str], dst: str, size: int) -> None:
+        part = max(COPY_PART, -(-size // MAX_PARTS))
         upload = self._call(
-            "copying to", dst, self.client.create_multipart_upload, Key=dst, **self.extra_args()
+            what, dst, self.client.create_multipart_upload, Key=dst, **self.extra_args()
         )
         upload_id = upload["UploadId"]
         try:
@@ -736,18 +781,18 @@ class S3Target:
             for number, start in enumerate(range(0, size, part), 1):
                 end = min(start + part, size) - 1
                 resp = self._call(
-                    "copying to",
+                    what,
                     dst,
                     self.client.upload_part_copy,
                     Key=dst,
                     UploadId=upload_id,
                     PartNumber=number,
-                    CopySource={"Bucket": self.bucket, "Key": src},
+                    CopySource=source,
                     CopySourceRange=f"bytes={start}-{end}",
                 )
                 parts.append({"PartNumber": number, "ETag": resp["CopyPartResult"].get("ETag", "")})
             self._call(
-                "copying to",
+                what,
                 dst,
                 self.client.complete_multipart_upload,
                 Key=dst,

@@ -1,9 +1,10 @@
 """Objects copied from one target to another (`itsup backup sync`).
 
 Between two S3 targets of the same service (same endpoint and credentials)
-the copy is server-side: CopyObject, or UploadPartCopy parts for objects
-larger than one CopyObject takes (5 GiB) and for any copy into a target
-under Object Lock, so no byte passes through this host. Otherwise the object is streamed: read from the source, hashed on the
+the copy is server-side (`S3Target.copy` from the source's bucket): CopyObject,
+or UploadPartCopy parts for objects larger than one CopyObject takes (5 GiB)
+and for any copy into a target under Object Lock, so no byte passes through
+this host. Otherwise the object is streamed: read from the source, hashed on the
 way, written to the destination, and committed only when its size and
 SHA-256 are the ones expected (else the upload is aborted: nothing is left
 under the key).
@@ -16,16 +17,11 @@ import hashlib
 import logging
 from typing import Any
 
-from itsup.errors import IntegrityError, NotFoundError, StorageError
+from itsup.errors import IntegrityError, NotFoundError
 from itsup.storage.base import Target
 
 log = logging.getLogger("itsup.sync")
 MiB = 1024 * 1024
-GiB = 1024 * MiB
-# The largest object one CopyObject copies; larger ones go in UploadPartCopy parts.
-SINGLE_COPY_LIMIT = 5 * GiB
-COPY_PART = 512 * MiB
-MAX_PARTS = 10_000
 CHUNK = 8 * MiB
 
 
@@ -44,60 +40,13 @@ def same_service(source: Target, dest: Target) -> bool:
 
 
 def server_copy(source: Target, src_key: str, dest: Target, dst_key: str, size: int) -> None:
-    """Copy `src_key` of `source` to `dst_key` of `dest` inside their S3 service."""
-    from botocore.exceptions import BotoCoreError, ClientError
-
+    """Copy `src_key` of `source` to `dst_key` of `dest` inside their S3 service
+    (`S3Target.copy` from the source's bucket)."""
     src, dst = _bare(source), _bare(dest)
-    copy_source = {"Bucket": src.bucket, "Key": src_key}
     try:
-        # Under Object Lock a copy is a multipart copy, as `S3Target.copy` makes it: S3
-        # refuses a CopyObject into a locked bucket without a Content-MD5 it cannot carry.
-        if size <= SINGLE_COPY_LIMIT and getattr(dst, "object_lock", None) is None:
-            dst.client.copy_object(
-                Bucket=dst.bucket, Key=dst_key, CopySource=copy_source, **dst.extra_args()
-            )
-            return
-        _copy_in_parts(dst, copy_source, dst_key, size)
-    except ClientError as exc:
-        code = str(exc.response.get("Error", {}).get("Code", ""))
-        if code in {"404", "NoSuchKey", "NotFound"}:
-            raise NotFoundError(f"{source.name}: no object {src_key}") from None
-        raise StorageError(
-            f"{dest.name}: copying {src_key} from {source.name} to {dst_key}: {exc}"
-        ) from None
-    except BotoCoreError as exc:
-        raise StorageError(
-            f"{dest.name}: copying {src_key} from {source.name} to {dst_key}: {exc}"
-        ) from None
-
-
-def _copy_in_parts(dst: Any, copy_source: dict[str, str], dst_key: str, size: int) -> None:
-    part = max(COPY_PART, -(-size // MAX_PARTS))
-    upload = dst.client.create_multipart_upload(Bucket=dst.bucket, Key=dst_key, **dst.extra_args())
-    upload_id = upload["UploadId"]
-    try:
-        parts = []
-        for number, start in enumerate(range(0, size, part), 1):
-            end = min(start + part, size) - 1
-            resp = dst.client.upload_part_copy(
-                Bucket=dst.bucket,
-                Key=dst_key,
-                UploadId=upload_id,
-                PartNumber=number,
-                CopySource=copy_source,
-                CopySourceRange=f"bytes={start}-{end}",
-            )
-            parts.append({"PartNumber": number, "ETag": resp["CopyPartResult"].get("ETag", "")})
-        dst.client.complete_multipart_upload(
-            Bucket=dst.bucket,
-            Key=dst_key,
-            UploadId=upload_id,
-            MultipartUpload={"Parts": parts},
-        )
-    except BaseException:
-        with contextlib.suppress(Exception):
-            dst.client.abort_multipart_upload(Bucket=dst.bucket, Key=dst_key, UploadId=upload_id)
-        raise
+        dst.copy(src_key, dst_key, src_bucket=src.bucket, size=size)
+    except NotFoundError:
+        raise NotFoundError(f"{source.name}: no object {src_key}") from None
 
 
 def stream_copy(

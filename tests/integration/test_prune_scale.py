@@ -42,7 +42,15 @@ POLICY = (
     "    keep_within: 2d\n"
     "    timezone: Europe/Amsterdam\n"
 )
-PLAN = Policy(last=5, hourly=24, daily=14, weekly=8, monthly=12, yearly=3, within=2 * 86400)
+PLAN = Policy(
+    keep_last=5,
+    keep_hourly=24,
+    keep_daily=14,
+    keep_weekly=8,
+    keep_monthly=12,
+    keep_yearly=3,
+    keep_within=2 * 86400,
+)
 AMS = ZoneInfo("Europe/Amsterdam")
 
 

@@ -1,6 +1,6 @@
 """Copies between targets (`itsup.storage.transfer`, what `backup sync` uses), against
 the real S3 server: server-side within one service (CopyObject, and UploadPartCopy
-parts for objects over the single-copy limit, lowered here so a test object
+parts for objects over the single-copy limit (`S3Target.copy`), lowered here so a test object
 needs several parts), streamed otherwise, and never committed when the bytes do
 not match what the manifest records."""
 
@@ -16,6 +16,7 @@ from s3server import S3Server
 
 from itsup.errors import IntegrityError
 from itsup.storage import TargetSpec, open_target, transfer
+from itsup.storage import s3 as s3_module
 from itsup.storage.base import Target
 
 MiB = 1024 * 1024
@@ -51,8 +52,8 @@ def test_same_service_is_one_endpoint_and_one_identity(s3_server: S3Server, tmp_
 def test_a_server_side_copy_in_parts(
     s3_server: S3Server, prefix: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(transfer, "SINGLE_COPY_LIMIT", 1 * MiB)
-    monkeypatch.setattr(transfer, "COPY_PART", 5 * MiB)
+    monkeypatch.setattr(s3_module, "SINGLE_COPY_LIMIT", 1 * MiB)
+    monkeypatch.setattr(s3_module, "COPY_PART", 5 * MiB)
     a, b = s3(s3_server), s3(s3_server)
     data = os.urandom(12 * MiB + 123)
     a.put(f"{prefix}src", data)

@@ -77,26 +77,26 @@ CASES = [
     Case(
         "restic-docs-sundays",
         sundays(),
-        Policy(daily=4),
+        Policy(keep_daily=4),
         {t: ("daily",) for t in sundays()[-4:]},
     ),
     Case(
         "keep-last",
         daily("2026-01-01", "2026-01-05"),
-        Policy(last=3),
+        Policy(keep_last=3),
         {t: ("last",) for t in daily("2026-01-03", "2026-01-05")},
     ),
     # A day without a backup is not a period: the 4 most recent days THAT HOLD one.
     Case(
         "gap-days-do-not-count",
         [at(f"2026-01-0{d} 03:00") for d in (1, 2, 3, 5, 6)],
-        Policy(daily=4),
+        Policy(keep_daily=4),
         {at(f"2026-01-0{d} 03:00"): ("daily",) for d in (2, 3, 5, 6)},
     ),
     Case(
         "gap-weeks-do-not-count",
         [at("2026-03-02 03:00"), at("2026-02-02 03:00"), at("2026-01-05 03:00")],
-        Policy(weekly=2),
+        Policy(keep_weekly=2),
         {at("2026-03-02 03:00"): ("weekly",), at("2026-02-02 03:00"): ("weekly",)},
     ),
     # Several generations in one bucket: the newest of each wins.
@@ -109,14 +109,14 @@ CASES = [
             at("2026-01-01 10:00"),
             at("2026-01-01 20:00"),
         ],
-        Policy(daily=2),
+        Policy(keep_daily=2),
         {at("2026-01-02 23:00"): ("daily",), at("2026-01-01 20:00"): ("daily",)},
     ),
     # A count not used up at the oldest generation keeps it too (restic 0.17+).
     Case(
         "oldest-kept-while-counts-left",
         [at("2026-01-02 12:00"), at("2026-01-01 20:00"), at("2026-01-01 10:00")],
-        Policy(daily=5),
+        Policy(keep_daily=5),
         {
             at("2026-01-02 12:00"): ("daily",),
             at("2026-01-01 20:00"): ("daily",),
@@ -132,7 +132,7 @@ CASES = [
             "2026-01-31 03:00",
             "2026-01-02 03:00",
         ),
-        Policy(monthly=-1),
+        Policy(keep_monthly=-1),
         {
             at("2026-03-20 03:00"): ("monthly",),
             at("2026-02-10 03:00"): ("monthly",),
@@ -146,7 +146,7 @@ CASES = [
     Case(
         "iso-week-53",
         ats("2020-12-27 12:00", "2020-12-31 12:00", "2021-01-01 12:00", "2021-01-04 12:00"),
-        Policy(weekly=3, yearly=2),
+        Policy(keep_weekly=3, keep_yearly=2),
         {
             at("2021-01-04 12:00"): ("weekly", "yearly"),
             at("2021-01-01 12:00"): ("weekly",),
@@ -157,7 +157,7 @@ CASES = [
     Case(
         "iso-week-53-two-weeks",
         ats("2020-12-27 12:00", "2020-12-31 12:00", "2021-01-01 12:00", "2021-01-04 12:00"),
-        Policy(weekly=2),
+        Policy(keep_weekly=2),
         {at("2021-01-04 12:00"): ("weekly",), at("2021-01-01 12:00"): ("weekly",)},
     ),
     # keep_within counts back from the newest generation, not from now; a generation
@@ -165,7 +165,7 @@ CASES = [
     Case(
         "within-from-newest",
         ats("2026-01-10 12:00", "2026-01-08 13:00", "2026-01-08 12:00", "2026-01-01 12:00"),
-        Policy(within=2 * 86400),
+        Policy(keep_within=2 * 86400),
         {at("2026-01-10 12:00"): ("within",), at("2026-01-08 13:00"): ("within",)},
     ),
     # A generation from the future (a clock set wrong) is kept, and the newest one
@@ -173,7 +173,7 @@ CASES = [
     Case(
         "within-ignores-the-future",
         ats("2026-01-10 12:00", "2026-01-08 12:00", "2026-01-07 13:00", "2026-01-05 12:00"),
-        Policy(within=86400),
+        Policy(keep_within=86400),
         {
             at("2026-01-10 12:00"): ("within",),
             at("2026-01-08 12:00"): ("within",),
@@ -185,7 +185,7 @@ CASES = [
     Case(
         "combined-daily-backups",
         daily("2025-01-01", "2026-01-15"),
-        Policy(last=2, daily=7, weekly=4, monthly=3, yearly=2),
+        Policy(keep_last=2, keep_daily=7, keep_weekly=4, keep_monthly=3, keep_yearly=2),
         {
             at("2026-01-15 03:00"): ("last", "daily", "weekly", "monthly", "yearly"),
             at("2026-01-14 03:00"): ("last", "daily"),
@@ -201,7 +201,7 @@ CASES = [
     Case(
         "within-and-counts",
         daily("2026-01-01", "2026-01-10"),
-        Policy(last=1, within=3 * 86400 + 1),
+        Policy(keep_last=1, keep_within=3 * 86400 + 1),
         {
             at("2026-01-10 03:00"): ("within", "last"),
             **{t: ("within",) for t in daily("2026-01-07", "2026-01-09")},
@@ -216,7 +216,7 @@ CASES = [
             "2026-01-01 13:59",
             "2026-01-01 09:00",
         ),
-        Policy(hourly=3),
+        Policy(keep_hourly=3),
         {
             at("2026-01-01 13:59"): ("hourly",),
             at("2026-01-01 11:00"): ("hourly",),
@@ -229,7 +229,7 @@ CASES = [
         Policy(),
         {t: ("policy is empty",) for t in daily("2026-01-01", "2026-01-03")},
     ),
-    Case("no-generations", [], Policy(daily=3), {}),
+    Case("no-generations", [], Policy(keep_daily=3), {}),
 ]
 
 
@@ -255,7 +255,7 @@ def test_time_zones_bucket_differently() -> None:
     Amsterdam: A 21:00 on the 15th; B 00:30, C 05:00, D 13:00 on the 16th.
     New York:  A 15:00, B 18:30, C 23:00 on the 15th; D 07:00 on the 16th.
     """
-    policy = Policy(daily=2)
+    policy = Policy(keep_daily=2)
     assert kept_times([A, B, C, D], policy, UTC) == {D, B}
     assert kept_times([A, B, C, D], policy, AMS) == {D, A}
     assert kept_times([A, B, C, D], policy, NYC) == {D, C}
@@ -269,8 +269,8 @@ def test_dst_days_of_25_and_23_hours() -> None:
         previous = at(f"{before} 12:00", AMS)
         assert early.date() != late.date()  # in UTC they are two days
         times = [previous, early, late]
-        assert kept_times(times, Policy(daily=2), AMS) == {late, previous}
-        assert kept_times(times, Policy(daily=2), UTC) == {late, early}
+        assert kept_times(times, Policy(keep_daily=2), AMS) == {late, previous}
+        assert kept_times(times, Policy(keep_daily=2), UTC) == {late, early}
         assert late - early == timedelta(hours=24 if day.endswith("25") else 22)
 
 
@@ -279,9 +279,9 @@ def test_dst_repeated_hour_is_one_bucket() -> None:
     wall clock, so one hourly bucket (restic's hour of the local time)."""
     first, second, after = at("2026-10-25 00:30"), at("2026-10-25 01:30"), at("2026-10-25 02:30")
     assert local_time(first, AMS).hour == local_time(second, AMS).hour == 2
-    decisions = apply_policy(pairs(first, second, after), Policy(hourly=3), AMS)
+    decisions = apply_policy(pairs(first, second, after), Policy(keep_hourly=3), AMS)
     assert [d.reasons for d in decisions] == [("hourly",), ("hourly",), ("oldest hourly",)]
-    decisions = apply_policy(pairs(first, second, after), Policy(hourly=3), UTC)
+    decisions = apply_policy(pairs(first, second, after), Policy(keep_hourly=3), UTC)
     assert [d.reasons for d in decisions] == [("hourly",)] * 3
 
 
@@ -293,7 +293,7 @@ def test_local_time_zone_follows_tz(monkeypatch: pytest.MonkeyPatch) -> None:
     time.tzset()
     try:
         assert time_zone("local") is None
-        assert kept_times([A, B, C, D], Policy(daily=2), None) == {D, C}
+        assert kept_times([A, B, C, D], Policy(keep_daily=2), None) == {D, C}
     finally:
         monkeypatch.delenv("TZ")
         time.tzset()
@@ -303,7 +303,9 @@ def test_thousands_of_generations_stay_linear_enough() -> None:
     """Hourly backups for a year: the plan is one sort and one pass."""
     start = at("2025-01-01 00:00")
     times = [start + timedelta(hours=n) for n in range(24 * 365)]
-    decisions = apply_policy(pairs(*times), Policy(hourly=24, daily=7, weekly=4, monthly=12), UTC)
+    decisions = apply_policy(
+        pairs(*times), Policy(keep_hourly=24, keep_daily=7, keep_weekly=4, keep_monthly=12), UTC
+    )
     kept = [d for d in decisions if d.keep]
     # 24 hours (all on the newest day), 6 more days, 2 more weeks (the newest two
     # are inside the days), 11 more months; every count is used up before the oldest.
@@ -325,7 +327,7 @@ def test_each_period_rule_matches_its_definition(
     start = at("2019-06-01 00:00")
     times = [start + timedelta(minutes=m) for m in offsets]
     key = dict(PERIODS)[rule]
-    got = kept_times(times, Policy(**{rule: count}), tz)  # type: ignore[arg-type]
+    got = kept_times(times, Policy(**{f"keep_{rule}": count}), tz)  # type: ignore[arg-type]
     want = reference_rule(times, count, lambda t: key(t.astimezone(tz)))
     assert got == want
 
@@ -357,7 +359,7 @@ def test_config_reads_a_policy(tmp_path: Path) -> None:
         "    timezone: Europe/Amsterdam\n    prune_after_backup: true\n",
     )
     assert retention is not None
-    assert retention.policy == Policy(last=7, daily=-1, within=2 * 86400)  # type: ignore[attr-defined]
+    assert retention.rules == Policy(keep_last=7, keep_daily=-1, keep_within=2 * 86400)  # type: ignore[attr-defined]
     assert retention.prune_after_backup  # type: ignore[attr-defined]
     assert time_zone(retention.timezone) == AMS  # type: ignore[attr-defined]
 
