@@ -16,7 +16,8 @@ import subprocess
 from pathlib import Path
 
 import pytest
-from helpers import itsup, write_config
+from helpers import itsup, s3_config, s3_secrets, write_config
+from s3server import S3Server
 
 DUMP = "upstream/legacy/_backup/data_app.db.sqlite"
 
@@ -127,5 +128,33 @@ def test_encrypted_archives_have_no_section_and_still_restore_their_dumps(
     assert manifest["dumps_offset"] is None and manifest["dumps"]
     with sqlite3.connect(live) as db:
         db.execute("DELETE FROM t")
+    itsup(root, "restore", "legacy", "--databases-only", "--yes")
+    assert rows(live) == before
+
+
+def test_databases_only_on_s3_fetches_the_section_with_a_ranged_read(
+    tmp_path: Path, s3_server: S3Server, s3_prefix: str
+) -> None:
+    """On S3: the archive object rewritten with a byte flipped in its tree (the
+    manifest unchanged) fails the full restore; --databases-only, whose ranged
+    GETs start at dumps_offset, loads the dump."""
+    root, live, _ = sqlite_host(tmp_path)
+    write_config(root, s3_config(s3_server, s3_prefix))
+    s3_secrets(root, s3_server)
+    before = rows(live)
+    itsup(root, "backup")
+    client = s3_server.client()
+    listed = client.list_objects_v2(Bucket=s3_server.bucket, Prefix=s3_prefix)["Contents"]
+    [manifest_key] = [o["Key"] for o in listed if o["Key"].endswith(".manifest.json")]
+    body = client.get_object(Bucket=s3_server.bucket, Key=manifest_key)["Body"].read()
+    manifest = json.loads(body)
+    key = manifest["archive"]["key"]
+    data = bytearray(client.get_object(Bucket=s3_server.bucket, Key=key)["Body"].read())
+    data[manifest["dumps_offset"] // 2] ^= 0xFF
+    client.put_object(Bucket=s3_server.bucket, Key=key, Body=bytes(data))
+    with sqlite3.connect(live) as db:
+        db.execute("DELETE FROM t")
+    itsup(root, "restore", "legacy", "--yes", expect=5)
+    assert rows(live) == []
     itsup(root, "restore", "legacy", "--databases-only", "--yes")
     assert rows(live) == before
