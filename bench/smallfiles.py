@@ -3,7 +3,7 @@
 Usage (from the project root):
 
     make bench-smallfiles                                   # 200,000 files, 3 rounds
-    .venv/bin/python bench/smallfiles.py --files 1000000    # the big tree (~5 min to build)
+    .venv/bin/python bench/smallfiles.py --files 1000000    # the big tree (minutes to build)
     .venv/bin/python bench/smallfiles.py --files 5000 --repeat 1          # quick
     .venv/bin/python bench/smallfiles.py --workdir DIR --profile          # + cProfile of itsup
 
