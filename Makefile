@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-test
 
-.PHONY: venv install test test-unit test-integration test-e2e lint typecheck demo bench bench-dumps clean reliability
+.PHONY: venv install test test-unit test-integration test-e2e lint typecheck demo bench bench-dumps bench-smallfiles clean reliability
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -84,6 +84,13 @@ bench: $(STAMP)
 # a PostgreSQL server, by default on 127.0.0.1:5432 as postgres (bench/dumps.py --help).
 bench-dumps: $(STAMP)
 	$(BIN)/python bench/dumps.py
+
+# 200,000 small files: itsup against tar | igzip and restic (if installed), backup and
+# restore, medians of 3 (bench/README.md). FILES=1000000 for the big tree; ARGS for more
+# options, e.g. ARGS="--workdir DIR --profile".
+FILES ?= 200000
+bench-smallfiles: $(STAMP)
+	$(BIN)/python bench/smallfiles.py --files $(FILES) $(ARGS)
 
 # The fault suite (tests marked `faults`) with its ledger, rendered into the tables
 # of docs/reliability.md (only when every test passed; the prose is kept).

@@ -157,6 +157,71 @@ def quiet_pause(seconds: float) -> None:
     time.sleep(seconds)
 
 
+TICK = os.sysconf("SC_CLK_TCK")
+
+
+def cpu_jiffies() -> tuple[int, int]:
+    """(busy, iowait) jiffies of the whole machine since boot."""
+    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
+    idle, iowait = fields[3], fields[4]
+    return sum(fields[:8]) - idle - iowait, iowait
+
+
+def busy_cores(seconds: float) -> float:
+    """Cores busy on the whole machine, on average over the next `seconds`."""
+    before = cpu_jiffies()[0]
+    time.sleep(seconds)
+    return (cpu_jiffies()[0] - before) / TICK / seconds
+
+
+def others_running(pattern: str) -> list[str]:
+    """Command lines of the processes (not this one) matching `pattern` (pgrep -f)."""
+    if not pattern:
+        return []
+    found = subprocess.run(["pgrep", "-a", "-f", pattern], capture_output=True, text=True)
+    return [
+        line
+        for line in found.stdout.splitlines()
+        if line.split(" ", 1)[0] not in (str(os.getpid()), str(os.getppid()))
+    ]
+
+
+def wait_quiet(
+    pause: float,
+    threshold: float,
+    patience: float,
+    max_load: float | None = None,
+    others: str = "",
+) -> float:
+    """Pause; go on once the machine's busy cores over the pause are under `threshold`
+    (other work on a shared machine), or after `patience` seconds. The last figure.
+
+    With `max_load`, also wait for the 1-minute load average to fall below it; with
+    `others` (a pgrep -f pattern), for no process matching it (another benchmark, a
+    test run)."""
+    deadline = time.monotonic() + patience
+    busy = busy_cores(pause)
+
+    def waiting() -> bool:
+        if busy > threshold:
+            return True
+        if max_load is not None and os.getloadavg()[0] >= max_load:
+            return True
+        return bool(others and others_running(others))
+
+    told = False
+    while waiting() and time.monotonic() < deadline:
+        if (max_load is not None or others) and not told:
+            print(
+                f"    waiting for a quiet machine (load {os.getloadavg()[0]:.2f}, "
+                f"{busy:.2f} cores busy, {len(others_running(others))} other runs) ...",
+                flush=True,
+            )
+            told = True
+        busy = busy_cores(pause)
+    return busy
+
+
 # --- the restore area: a tmpfs mounted per run ----------------------------------------------
 
 
@@ -729,15 +794,25 @@ def tool_versions() -> str:
     return ", ".join(versions)
 
 
-def command_line() -> str:
-    """The command as typed, with a --workdir value replaced by a placeholder."""
+def command_line(script: str = "bench/bench.py", placeholder: str = "WORKDIR") -> str:
+    """The command as typed, with a --workdir value replaced by a placeholder (the work
+    folder is this machine's business, not the results')."""
     args = list(sys.argv[1:])
     for i, arg in enumerate(args):
         if arg == "--workdir" and i + 1 < len(args):
-            args[i + 1] = "WORKDIR"
+            args[i + 1] = placeholder
         elif arg.startswith("--workdir="):
-            args[i] = "--workdir=WORKDIR"
-    return shlex.join([".venv/bin/python", "bench/bench.py", *args])
+            args[i] = f"--workdir={placeholder}"
+    return shlex.join([".venv/bin/python", script, *args])
+
+
+def pass_fail(passed: bool) -> str:
+    return "PASS" if passed else "FAIL"
+
+
+def spread(values: list[float]) -> str:
+    """'smallest - largest' of round-by-round figures (n/a when there are none)."""
+    return f"{min(values):.2f} - {max(values):.2f}" if values else "n/a"
 
 
 # --- RESULTS.md: sections replaced per run, history kept ------------------------------------
@@ -779,6 +854,20 @@ def write_results(new_sections: dict[str, str], history_line: str) -> None:
         if name in sections:
             parts += [SECTION_START.format(name), sections[name], SECTION_END.format(name), ""]
     RESULTS_FILE.write_text("\n".join(parts))
+
+
+def write_section(name: str, body: str) -> None:
+    """Replace (or append) section `name` of RESULTS.md, keeping everything else (the
+    other benchmark scripts' sections)."""
+    start, end = SECTION_START.format(name), SECTION_END.format(name)
+    text = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else "# itsup benchmark results\n"
+    block = f"{start}\n{body}\n{end}\n"
+    if start in text and end in text:
+        before, rest = text.split(start, 1)
+        text = before + block + rest.split(end, 1)[1].lstrip("\n")
+    else:
+        text = text.rstrip("\n") + "\n\n" + block
+    RESULTS_FILE.write_text(text)
 
 
 def now() -> str:

@@ -41,7 +41,6 @@ import argparse
 import contextlib
 import json
 import os
-import shlex
 import shutil
 import stat
 import statistics
@@ -60,12 +59,19 @@ sys.path.insert(0, str(BENCH_DIR))
 
 import synth  # noqa: E402
 
-from bench import (  # noqa: E402 - the same launcher and machine description as bench.py
+from bench import (  # noqa: E402 - the same launcher, machine description, quiet wait and RESULTS.md sections as bench.py
     RESULTS_FILE,
+    TICK,
     Run,
+    command_line,
+    cpu_jiffies,
     machine_description,
     now,
+    pass_fail,
     run_measured,
+    spread,
+    wait_quiet,
+    write_section,
 )
 
 MIB = 1 << 20
@@ -254,33 +260,6 @@ def prepare_tree(root: Path, target: Path, size_mb: int, small_files: int, seed:
 
 
 # --- measuring ------------------------------------------------------------------------------
-
-
-def cpu_jiffies() -> tuple[int, int]:
-    """(busy, iowait) jiffies of the whole machine since boot."""
-    fields = [int(x) for x in Path("/proc/stat").read_text().split("\n", 1)[0].split()[1:]]
-    idle, iowait = fields[3], fields[4]
-    return sum(fields[:8]) - idle - iowait, iowait
-
-
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def busy_cores(seconds: float) -> float:
-    """Cores busy on the whole machine, on average over the next `seconds`."""
-    before = cpu_jiffies()[0]
-    time.sleep(seconds)
-    return (cpu_jiffies()[0] - before) / TICK / seconds
-
-
-def wait_quiet(pause: float, threshold: float, patience: float) -> float:
-    """Pause; go on once the machine's busy cores over the pause are under `threshold`
-    (other work on a shared machine), or after `patience` seconds. The last figure."""
-    deadline = time.monotonic() + patience
-    busy = busy_cores(pause)
-    while busy > threshold and time.monotonic() < deadline:
-        busy = busy_cores(pause)
-    return busy
 
 
 @dataclass
@@ -713,7 +692,7 @@ def ratio_range(rounds: list[dict[str, Measure]], f: object) -> str:
         with contextlib.suppress(KeyError, ZeroDivisionError):
             if all(m.run.ok for m in r.values()):
                 values.append(f(r))  # type: ignore[operator]
-    return f"{min(values):.2f} - {max(values):.2f}" if values else "n/a"
+    return spread(values)
 
 
 def targets(rounds: list[dict[str, Measure]]) -> list[str]:
@@ -728,7 +707,7 @@ def targets(rounds: list[dict[str, Measure]]) -> list[str]:
         out.append(
             f"- C vs max(A, B): {med(c, 'seconds'):.2f} / {base:.2f} s = {value:.2f}x "
             f"(round by round {spread}; target <= {C_LIMIT}x) "
-            f"**{'PASS' if value <= C_LIMIT else 'FAIL'}**"
+            f"**{pass_fail(value <= C_LIMIT)}**"
         )
     else:
         out.append("- C vs max(A, B): N/A (a scenario failed)")
@@ -748,7 +727,7 @@ def targets(rounds: list[dict[str, Measure]]) -> list[str]:
         out.append(
             f"- E vs D: {med(e, 'seconds'):.2f} / {med(d, 'seconds'):.2f} s = {value:.2f}x "
             f"(round by round {spread}; target <= {E_LIMIT}x) "
-            f"**{'PASS' if value <= E_LIMIT else 'FAIL'}**"
+            f"**{pass_fail(value <= E_LIMIT)}**"
         )
     else:
         out.append("- E vs D: N/A (a scenario failed)")
@@ -764,7 +743,7 @@ def targets(rounds: list[dict[str, Measure]]) -> list[str]:
         peak = max(m.run.peak_rss_kib for m in c) / 1024
         out.append(
             f"- itsup peak RSS in C: {peak:.0f} MiB, the largest of {len(c)} run(s) "
-            f"(target < {RSS_TARGET_MIB} MiB) **{'PASS' if peak < RSS_TARGET_MIB else 'FAIL'}**"
+            f"(target < {RSS_TARGET_MIB} MiB) **{pass_fail(peak < RSS_TARGET_MIB)}**"
         )
     return out
 
@@ -809,29 +788,6 @@ def profile_lines(rounds: list[dict[str, Measure]]) -> list[str]:
     return lines
 
 
-def write_section(body: str) -> None:
-    """Replace (or append) the `dumps` section of RESULTS.md, keeping everything else."""
-    start, end = f"<!-- section:{SECTION} -->", f"<!-- /section:{SECTION} -->"
-    text = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else "# itsup benchmark results\n"
-    block = f"{start}\n{body}\n{end}\n"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    RESULTS_FILE.write_text(text)
-
-
-def command_line() -> str:
-    args = list(sys.argv[1:])
-    for i, arg in enumerate(args):
-        if i and args[i - 1] == "--workdir":
-            args[i] = "DIR"
-        elif arg.startswith("--workdir="):
-            args[i] = "--workdir=DIR"
-    return shlex.join([".venv/bin/python", "bench/dumps.py", *args])
-
-
 def render(
     e: Env, rounds: list[dict[str, Measure]], tree: str, db_bytes: int, dump_sizes: str
 ) -> str:
@@ -861,7 +817,7 @@ def render(
         "work); a run during which the rest took more than "
         f"{e.args.max_other:g} cores was thrown away and run again (up to {e.args.retries} "
         "times). Peak RSS: ru_maxrss.",
-        f"- Command: `{command_line()}`",
+        f"- Command: `{command_line('bench/dumps.py', 'DIR')}`",
         "",
         *table(rounds),
         "",
@@ -988,7 +944,7 @@ def main(argv: list[str] | None = None) -> int:
                 pg.drop(args.db)
     print("\n" + body)
     if not args.no_write:
-        write_section(body)
+        write_section(SECTION, body)
         print(f"\nresults written to {RESULTS_FILE.relative_to(PROJECT_DIR)}")
     return 0
 

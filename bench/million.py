@@ -30,7 +30,6 @@ import datetime as dt
 import os
 import platform
 import random
-import re
 import shlex
 import shutil
 import subprocess
@@ -50,7 +49,12 @@ SAMPLE = 2000
 RSS_FLAT_FACTOR = 2.0
 MIB = 1 << 20
 
-from bench import run_measured  # noqa: E402 - the same small wait4 launcher as bench.py
+from bench import (  # noqa: E402 - the same small wait4 launcher and RESULTS.md sections as bench.py
+    command_line,
+    pass_fail,
+    run_measured,
+    write_section,
+)
 
 
 @dataclass
@@ -215,7 +219,7 @@ def render(results: list[SizeResult], command: str, fs: str) -> str:
             ("restore", small.restore.peak_rss_mib, large.restore.peak_rss_mib),
         ):
             ratio = b / a
-            verdict = "PASS" if ratio <= RSS_FLAT_FACTOR else "FAIL"
+            verdict = pass_fail(ratio <= RSS_FLAT_FACTOR)
             lines.append(
                 f"- {what} peak RSS {a:.0f} -> {b:.0f} MiB for {grow:.0f}x the files: "
                 f"{ratio:.2f}x (target <= {RSS_FLAT_FACTOR:g}x) **{verdict}**"
@@ -223,19 +227,6 @@ def render(results: list[SizeResult], command: str, fs: str) -> str:
     for r in results:
         lines.append(f"- {r.files:,}: restore checked: {r.checked}")
     return "\n".join(lines)
-
-
-def write_section(body: str) -> None:
-    """Replace (or append) the `million` section of RESULTS.md, keeping everything else."""
-    start, end = f"<!-- section:{SECTION} -->", f"<!-- /section:{SECTION} -->"
-    text = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else "# itsup benchmark results\n"
-    block = f"{start}\n{body}\n{end}\n"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    RESULTS_FILE.write_text(text)
 
 
 def main() -> None:
@@ -263,15 +254,11 @@ def main() -> None:
     finally:
         if not args.keep and not args.workdir:
             shutil.rmtree(work, ignore_errors=True)
-    shown = [  # the work folder is this machine's business, not the results'
-        "DIR" if sys.argv[i - 1] == "--workdir" else re.sub(r"^--workdir=.*", "--workdir=DIR", a)
-        for i, a in enumerate(sys.argv[1:], 1)
-    ]
-    command = shlex.join([".venv/bin/python", "bench/million.py", *shown])
+    command = command_line("bench/million.py", "DIR")
     body = render(results, command, fs[0] if fs else "?")
     print(body)
     if not args.no_write:
-        write_section(body)
+        write_section(SECTION, body)
         print(f"\nresults written to {RESULTS_FILE.relative_to(PROJECT_DIR)}")
 
 

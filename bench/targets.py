@@ -42,10 +42,12 @@ from bench import (  # bench.py puts tests/ and bench/ on the path, then imports
     RESULTS_FILE,
     S3Server,
     machine_description,
+    pass_fail,
     run_measured,
     start_s3_server,
     subprocess_env,
     synth,
+    write_section,
 )
 
 SECTION = "targets"
@@ -169,7 +171,7 @@ def main(argv: list[str] | None = None) -> int:
             body = report(args, tree, how, pairs, times)
             print(body)
             if not args.no_write:
-                write_section(body)
+                write_section(SECTION, body)
                 print(f"results written to {RESULTS_FILE.relative_to(PROJECT_DIR)}")
     finally:
         server.stop()
@@ -204,7 +206,7 @@ def report(
     for pair, ((_t1, one), (_t2, two)) in pairs.items():
         m1, m2 = statistics.median(times[one]), statistics.median(times[two])
         ratio = m2 / m1
-        status = "PASS" if ratio <= GOAL else "FAIL"
+        status = pass_fail(ratio <= GOAL)
         lines.append(
             f"| {pair} | {one} | {m1:.2f} | {two} | {m2:.2f} | {ratio:.2f} | <= {GOAL}x | "
             f"{status} |"
@@ -213,19 +215,6 @@ def report(
         f"{label}: {', '.join(f'{s:.2f}' for s in runs)}" for label, runs in times.items()
     )]  # fmt: skip
     return "\n".join(lines)
-
-
-def write_section(body: str) -> None:
-    """Replace (or append) the `targets` section of RESULTS.md, keeping everything else."""
-    start, end = f"<!-- section:{SECTION} -->", f"<!-- /section:{SECTION} -->"
-    text = RESULTS_FILE.read_text() if RESULTS_FILE.exists() else "# itsup benchmark results\n"
-    block = f"{start}\n{body}\n{end}\n"
-    if start in text and end in text:
-        before, rest = text.split(start, 1)
-        text = before + block + rest.split(end, 1)[1].lstrip("\n")
-    else:
-        text = text.rstrip("\n") + "\n\n" + block
-    RESULTS_FILE.write_text(text)
 
 
 if __name__ == "__main__":
