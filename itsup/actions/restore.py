@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import io
 import logging
 import os
 import secrets
@@ -56,18 +55,14 @@ from itsup.errors import (
 )
 from itsup.generation import LATEST, Generation, location, scan, select_generation
 from itsup.host import Host
-from itsup.index import load_index
+from itsup.index import IndexSpool, spool_index
 from itsup.layout import DUMP_FOLDER, STATE_DIRS, Layout, is_dump_path
 from itsup.lock import host_lock
-from itsup.manifest import Entry, Manifest, read_index
+from itsup.manifest import Entry, Manifest, parse_record
 from itsup.pipeline.codec import decode
-from itsup.pipeline.extract import (
-    Extractor,
-    ExtractStats,
-    check_entry,
-    outward_links,
-    refuse_outward,
-)
+from itsup.pipeline.extract import outward_links, refuse_outward
+from itsup.pipeline.members import PathRules
+from itsup.pipeline.unpack import ExtractStats, Unpacker
 from itsup.storage import Target
 from itsup.swap import (
     ASIDE_SUFFIX,
@@ -80,6 +75,7 @@ from itsup.swap import (
 
 log = logging.getLogger("itsup.restore")
 MiB = 1024 * 1024
+CHANGE_KINDS = ("new", "replace", "same")
 FILE_ONLY = {"console": False}  # a record for logs/backup.log; the command prints its own line
 
 
@@ -227,22 +223,19 @@ class RestoreOptions:
 
 
 @dataclass
-class Change:
-    path: str
-    kind: str  # "new" | "replace" | "same"
-
-
-@dataclass
 class RestorePlan:
     generation: Generation
     manifest: Manifest
     scope: Scope
     dest: Path
-    index_bytes: bytes
+    index: IndexSpool | None
     identities: list[Any]
     target: Target
     options: RestoreOptions = field(default_factory=RestoreOptions)
-    changes: list[Change] = field(default_factory=list)
+    # How many of the paths the restore writes are new, to replace, or the same
+    # (by size, mode and mtime): counts, not a record per path.
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(CHANGE_KINDS, 0))
+    fresh: bool = False  # nothing at the destination where the restore writes
     reader: BinaryIO | None = None  # the archive, already downloading (see plan_restore)
     # Symlinks in the scope that point outside the destination, (path, target).
     external: list[tuple[str, str]] = field(default_factory=list)
@@ -252,7 +245,14 @@ class RestorePlan:
     held: contextlib.ExitStack | None = None  # the lock, when taken (see plan_restore)
 
     def entries(self) -> Iterator[Entry]:
-        return read_index(io.BytesIO(self.index_bytes), self.manifest.index.key)
+        """The file index, entry by entry (streamed from its spool)."""
+        assert self.index is not None
+        return self.index.entries()
+
+    def changed(self) -> Iterator[tuple[str, str]]:
+        """(path, "new" or "replace") of each path the restore would change, worked
+        out again from the index and the destination (for --dry-run)."""
+        return ((path, kind) for path, kind in _classify(self) if kind != "same")
 
     @property
     def dumps_alone(self) -> bool:
@@ -278,10 +278,12 @@ class RestorePlan:
         if self.held is not None:
             self.held.close()
             self.held = None
+        # The index spool stays: a drill checks the restored tree against it. Its
+        # file is unlinked already and closed with the plan (or the process).
 
     @property
     def overwrites(self) -> int:
-        return sum(1 for c in self.changes if c.kind == "replace")
+        return self.counts["replace"]
 
 
 @dataclass
@@ -314,24 +316,37 @@ def _identities(host: Host, manifest: Manifest) -> list[Any]:
     return load_identities(default_identity_file(enc.identity_file if enc else None))
 
 
-def _compare(entry: Entry, dest: Path) -> str:
+def _compare(dest: bytes, path: str, kind: str, mode: int, mtime: int, size: int, link: str) -> str:
+    """new, replace or same: the destination's `path` against an index entry."""
+    where = dest + b"/" + os.fsencode(path)
     try:
-        st = os.lstat(dest / entry.path)
+        st = os.lstat(where)
     except (FileNotFoundError, NotADirectoryError):  # or a file where its folder would be
         return "new"
-    kind = (
+    there = (
         "dir" if st_mod.S_ISDIR(st.st_mode) else "symlink" if st_mod.S_ISLNK(st.st_mode) else "file"
     )
-    if kind != entry.type:
+    if there != kind:
         return "replace"
-    if entry.type == "dir":
+    if kind == "dir":
         return "same"
-    same = st.st_mtime_ns == entry.mtime_ns and st_mod.S_IMODE(st.st_mode) == entry.mode
-    if entry.type == "file":
-        same = same and st.st_size == entry.size
+    same = st.st_mtime_ns == mtime and st_mod.S_IMODE(st.st_mode) == mode
+    if kind == "file":
+        same = same and st.st_size == size
     else:
-        same = os.readlink(dest / entry.path) == entry.link
+        same = os.fsdecode(os.readlink(where)) == link
     return "same" if same else "replace"
+
+
+def _fresh(dest: Path, scope: Scope) -> bool:
+    """Whether nothing is at the destination where the scope writes (so every path is
+    new, without looking)."""
+    where = dest / scope.prefix if scope.prefix else dest
+    try:
+        with os.scandir(where) as entries:
+            return next(entries, None) is None
+    except (FileNotFoundError, NotADirectoryError):
+        return not os.path.lexists(where)
 
 
 def plan_restore(
@@ -382,7 +397,7 @@ def plan_restore(
             manifest,
             scope,
             dest,
-            b"",
+            None,
             identities,
             target,
             options,
@@ -393,7 +408,7 @@ def plan_restore(
             early = target.open_reader(manifest.archive.key, plan.read_from) if prefetch else None
             plan.reader = early
             if not plan.dumps_alone:  # the dumps alone are checked against the manifest
-                plan.index_bytes = load_index(target, manifest, identities)
+                plan.index = spool_index(target, manifest, identities)
         except (IntegrityError, NotFoundError) as exc:
             raise _damaged(gen.name, exc) from None
         if not plan.dumps_alone:
@@ -428,8 +443,6 @@ def _plan_loads(host: Host, plan: RestorePlan) -> None:
             f"{plan.manifest.generation} holds no database dumps for {plan.scope.label}"
         )
     plan.loads = plan_loads(host, records)
-    # Into the live root the dumps are loaded, never written as files.
-    plan.changes = [c for c in plan.changes if not is_dump_path(c.path)]
     if plan.loads and not plan.options.dry_run:
         check_running(plan.loads)
 
@@ -469,31 +482,66 @@ def _warn_passed_over(found: list[Generation], chosen: Generation, skip: Collect
 
 
 def _work_out_changes(plan: RestorePlan) -> None:
-    """Fill `plan.changes` (new, replace, same) for the selected entries of the index."""
-    scope, dest = plan.scope, plan.dest
+    """Count the paths the restore writes: new, to replace, the same (plan.counts)."""
+    plan.fresh = _fresh(plan.dest, plan.scope)
+    counts = dict.fromkeys(CHANGE_KINDS, 0)
+    for _path, kind in _classify(plan):
+        counts[kind] += 1
+    plan.counts = counts
+
+
+def _classify(plan: RestorePlan) -> Iterator[tuple[str, str]]:
+    """(path, new|replace|same) of each index entry the restore writes, after the
+    archive's rules (every entry, written or not); sets plan.external at the end.
+
+    Streams the index: a record per folder that is new at the destination and per
+    symlink, none per file.
+    """
+    assert plan.index is not None
+    scope, dest, what = plan.scope, os.fsencode(plan.dest), plan.manifest.index.key
+    # Into the live root the dumps are loaded, never written as files.
+    loaded = plan.lock_file is not None and plan.options.databases != "skip"
+    index = plan.index
+    rules = PathRules(lambda: (parse_record(line, what)[0] for line in index.lines()))
     matched = False
-    links: set[str] = set()
     targets: dict[str, str] = {}  # every symlink of the archive: chains cross the scope
-    seen: set[str] = set()  # a path twice: refused, written or not (as verify does)
     absent: set[str] = set()  # folders missing at the destination: no need to look inside
-    for entry in plan.entries():
+    for line in plan.index.lines():
+        path, kind, mode, mtime, _uid, _gid, size, link = parse_record(line, what)
         # The archive's rules, for every entry; where a link points, below, for written ones.
-        check_entry(entry, links, external_links=True)
-        if entry.path in seen:
-            raise IntegrityError(
-                f"archive member {entry.path!r} appears twice in the archive; refused"
-            )
-        seen.add(entry.path)
-        if entry.type == "symlink":
-            targets[entry.path] = entry.link or ""
-        if scope.selects(entry.path):
-            matched = True
-            parent = entry.path.rpartition("/")[0]
-            kind = "new" if parent in absent else _compare(entry, dest)
-            if kind == "new" and entry.type == "dir":
-                absent.add(entry.path)
-            plan.changes.append(Change(entry.path, kind))
-    if not matched and not any(e.type == "file" for e in plan.entries()):
+        path, kind = rules.check(path, _FLAGS.get(kind, b"?"), size, link)
+        if kind == "symlink":
+            targets[path] = link
+        if not scope.selects(path):
+            continue
+        matched = True
+        if loaded and DUMP_FOLDER in path and is_dump_path(path):
+            continue
+        if plan.fresh:
+            yield path, "new"
+            continue
+        state = (
+            "new"
+            if path.rpartition("/")[0] in absent
+            else _compare(dest, path, kind, mode, mtime, size, link)
+        )
+        if state == "new" and kind == "dir":
+            absent.add(path)
+        yield path, state
+    rules.finish()
+    if not matched:
+        _nothing_matched(plan)
+    plan.external = outward_links(targets, scope.writes)  # chains: all the links are known
+    if plan.options.refuse_external_links:
+        refuse_outward(plan.external, targets)
+
+
+_FLAGS = {"file": b"0", "dir": b"5", "symlink": b"2"}  # anything else: refused by the rules
+
+
+def _nothing_matched(plan: RestorePlan) -> None:
+    """Raise the error for a scope that selects nothing in the generation."""
+    if not any(e.type == "file" for e in plan.entries()):
         # Written from an empty source (an unmounted disk, a new host before its
         # restore) by an itsup without the shrink guard: it restores nothing.
         raise GenerationDamaged(
@@ -503,19 +551,15 @@ def _work_out_changes(plan: RestorePlan) -> None:
             hint="restore an older generation with --from NAME (see `itsup backup list`), "
             "or let --fallback take the newest one that holds files",
         )
-    if not matched:
-        known = sorted(
-            {
-                e.path.split("/")[1]
-                for e in plan.entries()
-                if e.path.startswith("upstream/") and e.path.count("/") >= 1
-            }
-        )
-        hint = f"projects in this backup: {', '.join(known)}" if known else None
-        raise UsageError(f"{scope.label}: not in backup {plan.manifest.generation}", hint=hint)
-    plan.external = outward_links(targets, scope.writes)  # chains: all the links are known
-    if plan.options.refuse_external_links:
-        refuse_outward(plan.external, targets)
+    known = sorted(
+        {
+            e.path.split("/")[1]
+            for e in plan.entries()
+            if e.path.startswith("upstream/") and e.path.count("/") >= 1
+        }
+    )
+    hint = f"projects in this backup: {', '.join(known)}" if known else None
+    raise UsageError(f"{plan.scope.label}: not in backup {plan.manifest.generation}", hint=hint)
 
 
 def run_restore(plan: RestorePlan, on_bytes: Callable[[int], None] | None = None) -> RestoreResult:
@@ -733,7 +777,7 @@ def _set_dumps_aside(staging: Path, root: Path) -> None:
 
 def _stage(
     plan: RestorePlan, staging: Path, on_bytes: Callable[[int], None] | None
-) -> tuple[Extractor, ExtractStats]:
+) -> tuple[Unpacker, ExtractStats]:
     """Stream the archive into `staging` and check it whole against the manifest.
 
     Raises GenerationDamaged for anything wrong with the generation; nothing
@@ -748,12 +792,15 @@ def _stage(
         try:
             stream, hashed = decode(raw, manifest, plan.identities)
             try:
-                extractor = Extractor(
+                assert plan.index is not None
+                everything = not plan.scope.prefix and plan.scope.dumps == "with"
+                extractor = Unpacker(
                     staging,
-                    plan.scope.writes,
+                    plan.index.lines,
+                    None if everything else plan.scope.writes,
                     restore_owner=os.geteuid() == 0,
-                    expected=plan.entries(),
                     external_links=not plan.options.refuse_external_links,
+                    only_changed=None if plan.fresh else plan.dest,
                     on_bytes=on_bytes,
                 )
                 stats = extractor.run(stream)
@@ -789,7 +836,7 @@ def _stage(
 
 
 def _finish(
-    plan: RestorePlan, extractor: Extractor, stats: ExtractStats, seconds: float
+    plan: RestorePlan, extractor: Unpacker, stats: ExtractStats, seconds: float
 ) -> RestoreResult:
     """Log what was restored and describe it."""
     manifest = plan.manifest

@@ -192,12 +192,14 @@ def _fell_back(skipped: list[GenerationDamaged], generation: str, done: str) -> 
 
 
 def _show_dry_run(plan: RestorePlan) -> None:
-    lines = [
-        f"{'+' if c.kind == 'new' else '~'} {c.path}".encode("utf-8", "backslashreplace").decode()
-        for c in plan.changes
-        if c.kind != "same"
-    ]
-    if lines:  # one write: rich per line costs seconds on a large tree
+    lines: list[str] = []
+    for path, kind in plan.changed():
+        line = f"{'+' if kind == 'new' else '~'} {path}"
+        lines.append(line.encode("utf-8", "backslashreplace").decode())
+        if len(lines) >= 4096:  # in pieces: rich per line costs seconds on a large tree
+            click.echo("\n".join(lines))
+            lines.clear()
+    if lines:
         click.echo("\n".join(lines))
     out.print(f"dry run: {_summary(plan)}")
     for load in plan.loads:
@@ -206,9 +208,7 @@ def _show_dry_run(plan: RestorePlan) -> None:
 
 
 def _summary(plan: RestorePlan) -> str:
-    new = sum(1 for c in plan.changes if c.kind == "new")
-    replace = plan.overwrites
-    same = len(plan.changes) - new - replace
+    new, replace, same = plan.counts["new"], plan.counts["replace"], plan.counts["same"]
     return (
         f"{plan.scope.label} from {plan.manifest.generation} into {plan.dest}: "
         f"{new} new, {replace} to overwrite, {same} unchanged"

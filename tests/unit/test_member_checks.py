@@ -1,8 +1,9 @@
 """The member rules restore applies to every archive member and index entry, in-process.
 
 `check_member` (rule by rule, accepted and refused), `check_link_chains` (symlinks
-that leave the destination only together) and `check_entry` (the same rules for
-the file index). tests/e2e/test_hostile.py publishes hostile archives and runs
+that leave the destination only together) and `PathRules` (the restore's fast path
+for a stream of members or index entries: the same rules, plus the order that finds
+a path given twice without a record per path). tests/e2e/test_hostile.py publishes hostile archives and runs
 `itsup restore` on them.
 """
 
@@ -14,8 +15,8 @@ from collections.abc import Callable
 import pytest
 
 from itsup.errors import IntegrityError
-from itsup.manifest import Entry
-from itsup.pipeline.extract import check_entry, check_link_chains, check_member
+from itsup.pipeline.extract import check_link_chains, check_member
+from itsup.pipeline.members import PathRules
 
 MTIME = 1_736_910_000
 
@@ -173,19 +174,112 @@ def test_check_link_chains_is_bounded_on_pathological_chains() -> None:
     assert time.monotonic() - started < 2
 
 
-def test_check_entry_applies_the_member_rules_to_the_index() -> None:
-    links: set[str] = set()
-    check_entry(Entry("proxy/l", "symlink", 0o777, 0, 0, 0, link="traefik"), links)
-    assert links == {"proxy/l"}
-    check_entry(Entry("proxy/traefik/acme.json", "file", 0o600, 0, 0, 0, size=3), links)
-    for entry in (
-        Entry("/etc/passwd", "file", 0o644, 0, 0, 0),
-        Entry("proxy/../../x", "file", 0o644, 0, 0, 0),
-        Entry("proxy/l/x", "file", 0o644, 0, 0, 0),
-        Entry("proxy/e", "symlink", 0o777, 0, 0, 0, link="/etc"),
-        Entry("proxy/h", "hardlink", 0o644, 0, 0, 0),
-        Entry("proxy/d", "dir", 0o755, 0, 0, 0, size=5),
-    ):
-        with pytest.raises(IntegrityError) as err:
-            check_entry(entry, links)
-        assert repr(entry.path) in err.value.message
+# -- PathRules: the same rules on the restore's fast path, and the order -------------------------
+
+
+def _check(rules: PathRules, info: tarfile.TarInfo) -> tuple[str, str]:
+    return rules.check(info.name, info.type, info.size, info.linkname)
+
+
+@pytest.mark.parametrize(
+    ("info", "path", "kind"), ACCEPTED, ids=[a[1] + ":" + a[2] for a in ACCEPTED]
+)
+def test_path_rules_accept_what_check_member_accepts(
+    info: tarfile.TarInfo, path: str, kind: str
+) -> None:
+    assert _check(PathRules(), info) == (path, kind)
+
+
+# Where a link points is the caller's business (only the links written count).
+LINK_TARGET_RULES = {r for r in REFUSED if r.startswith("symlink_") and "size" not in r}
+
+
+@pytest.mark.parametrize("rule", sorted(set(REFUSED) - LINK_TARGET_RULES))
+def test_path_rules_refuse_what_check_member_refuses(rule: str) -> None:
+    make, symlinks, fragment = REFUSED[rule]
+    info = make()
+    rules = PathRules()
+    rules.symlinks.update(symlinks)
+    with pytest.raises(IntegrityError) as err:
+        _check(rules, info)
+    assert fragment in err.value.message
+    assert repr(info.name) in err.value.message
+
+
+def _run(*members: tuple[str, bytes]) -> None:
+    rules = PathRules()
+    for name, kind in members:
+        rules.check(name, kind, 0, "x" if kind == tarfile.SYMTYPE else "")
+    rules.finish()
+
+
+D, F, L = tarfile.DIRTYPE, tarfile.REGTYPE, tarfile.SYMTYPE
+
+
+def test_path_rules_accept_the_order_a_backup_writes() -> None:
+    # Depth first, each folder's entries sorted by name; the top level in the
+    # configuration's order; the database dumps after the tree.
+    _run(
+        ("upstream", D),
+        ("upstream/a", D),
+        ("upstream/a/x", F),
+        ("upstream/a.txt", F),
+        ("upstream/b", D),
+        ("upstream/b/c", D),
+        ("upstream/b/c/l", L),
+        ("upstream/b/d", F),
+        ("proxy", D),
+        ("proxy/acme.json", F),
+        ("upstream/a/_backup/db.dump", F),
+        ("upstream/b/_backup/cache.rdb", F),
+    )
+
+
+TWICE = {
+    "file_next_to_itself": [("upstream", D), ("upstream/x", F), ("upstream/x", F)],
+    "folder_after_its_files": [
+        ("upstream", D),
+        ("upstream/d", D),
+        ("upstream/d/x", F),
+        ("upstream/d", D),
+    ],
+    "top_level": [("proxy", D), ("proxy", D)],
+    "dump": [("upstream/a/_backup/x", F), ("upstream/a/_backup/x", F)],
+}
+
+
+@pytest.mark.parametrize("case", sorted(TWICE))
+def test_path_rules_refuse_a_path_given_twice(case: str) -> None:
+    with pytest.raises(IntegrityError) as err:
+        _run(*TWICE[case])
+    assert "appears twice" in err.value.message
+
+
+OUT_OF_ORDER = {
+    # Each could hide a path given twice, which only a record per path would catch.
+    "unsorted_siblings": [("upstream", D), ("upstream/b", F), ("upstream/a", F)],
+    "back_into_a_folder_left": [
+        ("upstream", D),
+        ("upstream/a", D),
+        ("upstream/b", D),
+        ("upstream/a/x", F),
+    ],
+    "back_into_a_top_level_left": [("upstream", D), ("proxy", D), ("upstream/x", F)],
+    "deeper_folder_out_of_order": [
+        ("upstream", D),
+        ("upstream/b/x", F),
+        ("upstream/a/y", F),
+    ],
+}
+
+
+@pytest.mark.parametrize("case", sorted(OUT_OF_ORDER))
+def test_path_rules_refuse_members_out_of_order(case: str) -> None:
+    members = OUT_OF_ORDER[case]
+    rules = PathRules()
+    for name, kind in members:  # told at the end: a member breaking a rule is named first
+        rules.check(name, kind, 0, "")
+    with pytest.raises(IntegrityError) as err:
+        rules.finish()
+    assert "out of the order" in err.value.message
+    assert repr(members[-1][0]) in err.value.message
