@@ -242,6 +242,34 @@ def test_restore_project_and_proxy(new_host: HostFactory) -> None:
     assert (root / "upstream/blog/docker-compose.yml").read_text() == "damaged\n"
 
 
+def test_restore_in_place_leaves_unchanged_files_alone(new_host: HostFactory) -> None:
+    """Files already as backed up are not rewritten (same inode afterwards); one whose
+    content changed behind an unchanged size, mode and mtime is restored all the same."""
+    store = new_host()
+    root = store.root
+    add_awkward_entries(root)
+    pin_times(root)
+    before = tree_state(root)
+    itsup(root, "backup")
+
+    untouched = root / "proxy/traefik/traefik.yml"
+    inode = os.lstat(untouched).st_ino
+    # Rot behind the metadata's back: same length, mode and mtime, other bytes.
+    rotten = root / "upstream/blog/docker-compose.yml"
+    st = os.lstat(rotten)
+    data = rotten.read_bytes()
+    rotten.write_bytes(bytes([data[0] ^ 0x20]) + data[1:])
+    os.utime(rotten, ns=(st.st_atime_ns, st.st_mtime_ns))
+    (root / ACME).unlink()
+
+    res = itsup(root, "restore", "all", "--yes")
+    assert tree_state(root) == before
+    assert os.lstat(untouched).st_ino == inode, "an unchanged file was rewritten"
+    assert os.lstat(rotten).st_ino != st.st_ino  # replaced by the backed-up copy
+    assert leftovers(root) == []
+    assert "Traceback" not in res.err
+
+
 def test_dry_run_lists_changes_and_writes_nothing(new_host: HostFactory, tmp_path: Path) -> None:
     store = new_host()
     root = store.root
