@@ -88,6 +88,8 @@ OTHERS = r"pytest|bench/dumps\.py|bench/prune\.py|bench/bench\.py|bench/million\
 TIME_LIMIT = 1.5  # itsup within 1.5x of tar
 RESTIC_LIMIT = 1.5  # itsup at least 1.5x faster than restic
 RSS_LIMIT_MB = 150  # itsup restore peak RSS, decimal MB
+BACKUP_RSS_LIMIT_MB = 100  # itsup backup peak RSS at a million files, decimal MB
+RSS_SPREAD = 1.5  # restore peak RSS, largest / smallest tree
 
 IGZIP = """\
 import shutil, sys
@@ -132,13 +134,14 @@ sys.exit(code)
 """
 
 BACKUPS = ("itsup", "tar-igzip", "tar-pigz", "restic")
-RESTORES = ("itsup", "tar", "restic")
+RESTORES = ("itsup", "itsup-inplace", "tar", "restic")
 LABELS = {
     ("itsup", "backup"): "itsup backup",
     ("tar-igzip", "backup"): "tar -cf - \\| igzip -1, 2 threads",
     ("tar-pigz", "backup"): "tar -cf - \\| pigz -1 -p 2 (reference)",
     ("restic", "backup"): "restic backup (first)",
     ("itsup", "restore"): "itsup restore all --to",
+    ("itsup-inplace", "restore"): "itsup restore all, in place (tree unchanged)",
     ("tar", "restore"): "tar -xzf (itsup's archive)",
     ("restic", "restore"): "restic restore latest",
 }
@@ -306,6 +309,13 @@ def backup(e: Env, method: str, rep: int) -> Measure:
 
 def restore(e: Env, method: str, rep: int) -> Measure:
     name = f"{method}-restore-{rep}"
+    if method == "itsup-inplace":  # into the live tree itself, unchanged since its backup
+        argv = [*e.args.itsup, "--root", str(e.root), "restore", "all", "--yes"]
+        m = measured(e, name, argv, e.work, lambda: None)
+        left = [p.name for p in e.root.iterdir() if p.name.startswith(".itsup-restore-")]
+        if m.run.ok and left:
+            m.run.ok, m.run.note = False, f"left {left} behind"
+        return m
     if method == "itsup":
         argv = [*e.args.itsup, "--root", str(e.root), "restore", "all", "--to", str(e.dest)]
         argv.append("--yes")
@@ -350,7 +360,7 @@ def run_round(e: Env, rep: int) -> dict[tuple[str, str], Measure]:
         show(f"{method} backup", out[(method, "backup")])
     shift = (rep - 1) % len(RESTORES)
     for method in RESTORES[shift:] + RESTORES[:shift]:
-        source = "itsup" if method == "tar" else method
+        source = "itsup" if method in ("tar", "itsup-inplace") else method
         if (
             method in e.skipped
             or not out.get((source, "backup"))
@@ -486,7 +496,7 @@ def table(e: Env, rounds: list[dict[tuple[str, str], Measure]]) -> list[str]:
         ms = good(rounds, key)
         bad = [r[key].run.note for r in rounds if key in r and not r[key].run.ok]
         if not ms and not bad:
-            method = key[0] if key[0] != "tar" else "itsup"
+            method = key[0] if key[0] not in ("tar", "itsup-inplace") else "itsup"
             why = e.skipped.get(method, "not run")
             lines.append(f"| {label} | - | - | - | - | - | - | - | - | - | skipped: {why} |")
             continue
@@ -553,16 +563,20 @@ def targets(rounds: list[dict[tuple[str, str], Measure]]) -> list[str]:
                 f">= {RESTIC_LIMIT:g}x",
             )
         )
-    restores = good(rounds, ("itsup", "restore"))
-    if restores:
-        peak = max(m.run.peak_rss_kib for m in restores) * 1024 / 1e6
+    for key, limit in (
+        (("itsup", "restore"), RSS_LIMIT_MB),
+        (("itsup-inplace", "restore"), RSS_LIMIT_MB),
+        (("itsup", "backup"), BACKUP_RSS_LIMIT_MB),
+    ):
+        runs = good(rounds, key)
+        if not runs:
+            out.append(f"- {LABELS[key]} peak RSS: N/A (no run succeeded)")
+            continue
+        peak = max(m.run.peak_rss_kib for m in runs) * 1024 / 1e6
         out.append(
-            f"- itsup restore peak RSS: {peak:.0f} MB ({peak * 1e6 / MIB:.0f} MiB), the largest "
-            f"of {len(restores)} run(s) (target < {RSS_LIMIT_MB} MB) "
-            f"**{pass_fail(peak < RSS_LIMIT_MB)}**"
+            f"- {LABELS[key]} peak RSS: {peak:.0f} MB ({peak * 1e6 / MIB:.0f} MiB), the largest "
+            f"of {len(runs)} run(s) (target < {limit} MB) **{pass_fail(peak < limit)}**"
         )
-    else:
-        out.append("- itsup restore peak RSS: N/A (no restore succeeded)")
     return out
 
 
@@ -636,6 +650,70 @@ def render(e: Env, rounds: list[dict[tuple[str, str], Measure]], profile: list[s
     return "\n".join(lines).rstrip("\n")
 
 
+# --- memory against the number of files ----------------------------------------------------
+
+
+def rss_sweep(args: argparse.Namespace, work: Path, target: Path, env: dict[str, str]) -> str:
+    """itsup alone on trees of each of --sizes files: backup, restore --to, restore in
+    place, each once; peak RSS (and time) by size, and largest / smallest."""
+    rows: dict[tuple[str, str], dict[int, Measure]] = {}
+    for files in args.sizes:
+        root, total, create_s = prepare_tree(work, files, args.seed, target)
+        dest = target.parent / "restore"
+        e = Env(args, work, root, target, dest, work / "logs", env, files, total, create_s)
+        print(f"[{files:,} files] itsup backup ...", flush=True)
+        rows.setdefault(("itsup", "backup"), {})[files] = m = backup(e, "itsup", files)
+        show("itsup backup", m)
+        for method in ("itsup", "itsup-inplace"):
+            print(f"[{files:,} files] {method} restore ...", flush=True)
+            rows.setdefault((method, "restore"), {})[files] = m = restore(e, method, files)
+            show(f"{method} restore", m)
+        remove(target / "itsup")
+        if files != args.sizes[-1] and not args.keep_trees:
+            remove(root)  # the next tree needs the room
+            (work / f"tree-{files}.json").unlink(missing_ok=True)
+    sizes = args.sizes
+    lines = [
+        f"## Many small files, memory by tree size: {now()}",
+        "",
+        f"- Machine: {machine_description()}; trees of bench/million.py's kind (0 - "
+        f"{million.MAX_FILE} B files, 1000 per folder); local target, compression on; each "
+        "command run once per size, after a wait for a quiet machine",
+        f"- Command: `{command_line('bench/smallfiles.py', 'DIR')}`",
+        "",
+        "| Command | "
+        + " | ".join(f"{n:,} files: s, MiB" for n in sizes)
+        + " | RSS largest / smallest |",
+        "|---|" + "---:|" * len(sizes) + "---:|",
+    ]
+    verdicts = []
+    for key, by_size in rows.items():
+        cells, peaks = [], []
+        for n in sizes:
+            got = by_size.get(n)
+            if got is None or not got.run.ok:
+                cells.append("FAILED" if got is not None else "-")
+                continue
+            peaks.append(got.run.peak_rss_kib / 1024)
+            cells.append(f"{got.run.seconds:.1f} s, {got.run.peak_rss_kib / 1024:.0f}")
+        spread_x = max(peaks) / min(peaks) if len(peaks) > 1 else float("nan")
+        lines.append(f"| {LABELS[key]} | " + " | ".join(cells) + f" | {spread_x:.2f}x |")
+        if peaks and key[1] == "restore":
+            top = max(peaks) * MIB / 1e6
+            verdicts.append(
+                f"- {LABELS[key]}: peak {top:.0f} MB (target < {RSS_LIMIT_MB} MB), largest / "
+                f"smallest {spread_x:.2f}x (target < {RSS_SPREAD:g}x) "
+                f"**{pass_fail(top < RSS_LIMIT_MB and spread_x < RSS_SPREAD)}**"
+            )
+        elif peaks:
+            top = peaks[-1] * MIB / 1e6
+            verdicts.append(
+                f"- {LABELS[key]} at {sizes[-1]:,} files: peak {top:.0f} MB (target < "
+                f"{BACKUP_RSS_LIMIT_MB} MB) **{pass_fail(top < BACKUP_RSS_LIMIT_MB)}**"
+            )
+    return "\n".join([*lines, "", "### Targets", "", *verdicts])
+
+
 # --- main -----------------------------------------------------------------------------------
 
 
@@ -670,9 +748,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--only", default=",".join(BACKUPS), help="methods to run")
     parser.add_argument("--itsup", help="the itsup command (default: this Python's -m itsup)")
     parser.add_argument("--no-write", action="store_true", help="do not update RESULTS.md")
+    parser.add_argument(
+        "--sizes",
+        help="memory by tree size instead: comma-separated file counts (e.g. 100000,1000000)",
+    )
+    parser.add_argument("--keep-trees", action="store_true", help="with --sizes: keep each tree")
     args = parser.parse_args(argv)
     args.itsup = args.itsup.split() if args.itsup else [sys.executable, "-m", "itsup"]
     args.only = [m.strip() for m in args.only.split(",") if m.strip()]
+    args.sizes = sorted(int(n) for n in args.sizes.split(",")) if args.sizes else []
     if args.profile_only:
         args.profile, args.repeat = True, 0
     return args
@@ -693,6 +777,12 @@ def main(argv: list[str] | None = None) -> int:
     env = {k: v for k, v in os.environ.items() if k != "ITSUP_ROOT"}
     env.update(RESTIC_PASSWORD=RESTIC_PASSWORD, RESTIC_CACHE_DIR=str(work / "restic-cache"))
     try:
+        if args.sizes:
+            body = rss_sweep(args, work, target, env)
+            print("\n" + body)
+            if not args.no_write:
+                write_section(SECTION + "-rss", body)
+            return 0
         root, total, create_s = prepare_tree(work, args.files, args.seed, target)
         dest = (shm or work) / "restore"
         e = Env(args, work, root, target, dest, logs, env, args.files, total, create_s)

@@ -485,9 +485,39 @@ def _work_out_changes(plan: RestorePlan) -> None:
     """Count the paths the restore writes: new, to replace, the same (plan.counts)."""
     plan.fresh = _fresh(plan.dest, plan.scope)
     counts = dict.fromkeys(CHANGE_KINDS, 0)
-    for _path, kind in _classify(plan):
-        counts[kind] += 1
+    if plan.fresh and not plan.scope.prefix and plan.scope.dumps == "with":
+        counts["new"] = _count_everything(plan)
+    else:
+        for _path, kind in _classify(plan):
+            counts[kind] += 1
     plan.counts = counts
+
+
+def _count_everything(plan: RestorePlan) -> int:
+    """The paths a restore of everything into an empty destination writes (all new),
+    and the archive's symlinks (plan.external): lines are counted, only symlinks and
+    dumps parsed. The archive's rules are applied by the extraction, to every member
+    and before anything is put in place (and by --dry-run, through _classify)."""
+    assert plan.index is not None
+    what = plan.manifest.index.key
+    loaded = plan.lock_file is not None and plan.options.databases != "skip"
+    targets: dict[str, str] = {}
+    written = entries = 0
+    for line in plan.index.lines():
+        entries += 1
+        written += 1
+        if b'"symlink"' in line or (loaded and DUMP_FOLDER.encode() in line):
+            path, kind, *_, link = parse_record(line, what)
+            if kind == "symlink":
+                targets[path] = link
+            elif loaded and is_dump_path(path):
+                written -= 1
+    if not entries:
+        _nothing_matched(plan)
+    plan.external = outward_links(targets)  # everything is written
+    if plan.options.refuse_external_links:
+        refuse_outward(plan.external, targets)
+    return written
 
 
 def _classify(plan: RestorePlan) -> Iterator[tuple[str, str]]:

@@ -115,6 +115,7 @@ class Unpacker:
         self.rules = PathRules(
             lambda: (parse_record(line, "the manifest's index")[0] for line in index())
         )
+        workers = int(os.environ.get("XW", workers))
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="restore-write")
         self.budget = _ByteBudget(INFLIGHT_BYTES)
         self.large: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
