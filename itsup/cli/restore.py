@@ -149,7 +149,7 @@ def _check_arguments(
     `--allow-external-links` was the opt-in before links pointing outside were
     restored by default; it is accepted (and does nothing) so scripts keep working.
     """
-    from itsup.actions.restore import no_scope
+    from itsup.actions.restorescope import no_scope
     from itsup.errors import ConfigError
     from itsup.layout import find_root
 
