@@ -112,6 +112,7 @@ class Unpacker:
         self.external_links = external_links
         self.external: list[tuple[str, str]] = []
         self.live = os.fsencode(only_changed) if only_changed is not None else None
+        self.live_parent: str | None = None  # the last live folder found to be a real one
         self.rules = PathRules(
             lambda: (parse_record(line, "the manifest's index")[0] for line in index())
         )
@@ -250,6 +251,9 @@ class Unpacker:
     def _unchanged(self, path: str, data: bytes, mode: int, mtime: int, uid: int, gid: int) -> bool:
         """Whether the live tree's `path` is already this file: metadata, then content."""
         assert self.live is not None
+        parent = path.rpartition("/")[0]
+        if parent != self.live_parent and not self._real_folders(parent):
+            return False
         where = self.live + b"/" + os.fsencode(path)
         try:
             st = os.lstat(where)
@@ -271,6 +275,22 @@ class Unpacker:
             return os.read(fd, len(data) + 1) == data
         finally:
             os.close(fd)
+
+    def _real_folders(self, parent: str) -> bool:
+        """Whether every folder on the way to `parent` in the live tree is a real folder:
+        a file is left alone only where the swap will merge, never where it replaces a
+        symlink (or a file) by the staged folder."""
+        assert self.live is not None
+        here = self.live
+        for part in parent.split("/") if parent else ():
+            here += b"/" + os.fsencode(part)
+            try:
+                if not stat.S_ISDIR(os.lstat(here).st_mode):
+                    return False
+            except OSError:
+                return False
+        self.live_parent = parent
+        return True
 
     # -- the stream --------------------------------------------------------
     def run(self, stream: IO[bytes]) -> ExtractStats:

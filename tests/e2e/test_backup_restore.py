@@ -270,6 +270,33 @@ def test_restore_in_place_leaves_unchanged_files_alone(new_host: HostFactory) ->
     assert "Traceback" not in res.err
 
 
+def test_restore_in_place_replaces_a_folder_turned_symlink_whole(
+    new_host: HostFactory, tmp_path: Path
+) -> None:
+    """A project folder replaced by a symlink to an identical copy: its files look
+    unchanged through the link, yet the restored folder must hold every one of them."""
+    store = new_host()
+    root = store.root
+    pin_times(root)
+    before = tree_state(root)
+    itsup(root, "backup")
+
+    elsewhere = tmp_path / "blog-copy"
+    shutil.copytree(root / "upstream/blog", elsewhere, symlinks=True)
+    for path in (elsewhere, *elsewhere.rglob("*")):  # same metadata: only the link differs
+        src = root / "upstream/blog" / path.relative_to(elsewhere)
+        st = os.lstat(src)
+        os.chmod(path, stat.S_IMODE(st.st_mode)) if not path.is_symlink() else None
+        os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns), follow_symlinks=False)
+    shutil.rmtree(root / "upstream/blog")
+    (root / "upstream/blog").symlink_to(elsewhere)
+
+    itsup(root, "restore", "all", "--yes")
+    assert not (root / "upstream/blog").is_symlink()
+    assert tree_state(root) == before
+    assert leftovers(root) == []
+
+
 def test_dry_run_lists_changes_and_writes_nothing(new_host: HostFactory, tmp_path: Path) -> None:
     store = new_host()
     root = store.root
