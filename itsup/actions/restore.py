@@ -77,6 +77,15 @@ from itsup.swap import (
 log = logging.getLogger("itsup.restore")
 MiB = 1024 * 1024
 CHANGE_KINDS = ("new", "replace", "same")
+# From this many paths to write, small files are written by a process of their own
+# (pipeline/writer.py: it starts in about 50 ms, and frees the reader's core).
+WRITER_PROCESS_FROM = 1000
+
+
+def writer_processes(paths: int) -> int:
+    return 1 if paths >= WRITER_PROCESS_FROM else 0
+
+
 FILE_ONLY = {"console": False}  # a record for logs/backup.log; the command prints its own line
 
 
@@ -710,6 +719,7 @@ def _stage(
                     restore_owner=os.geteuid() == 0,
                     external_links=not plan.options.refuse_external_links,
                     only_changed=None if plan.fresh else plan.dest,
+                    processes=writer_processes(plan.counts["new"] + plan.counts["replace"]),
                     on_bytes=on_bytes,
                 )
                 stats = extractor.run(stream)
@@ -755,8 +765,13 @@ def _finish(
             len(extractor.external),
             describe_links(extractor.external, 50),
         )
+    how = []
+    if stats.unchanged:
+        how.append(f"{stats.unchanged} already as backed up, left alone")
+    if extractor.writers:
+        how.append(f"small files written by {len(extractor.writers)} writer process(es)")
     log.info(
-        "restored %s (%s) from %s into %s: %d files, %d bytes in %.1f s",
+        "restored %s (%s) from %s into %s: %d files, %d bytes in %.1f s%s",
         plan.scope.label,
         manifest.generation,
         plan.target.name,
@@ -764,6 +779,7 @@ def _finish(
         stats.files,
         stats.bytes,
         seconds,
+        f" ({'; '.join(how)})" if how else "",
     )
     return RestoreResult(
         manifest.generation,

@@ -22,10 +22,15 @@ from __future__ import annotations
 
 import contextlib
 import errno
+import fcntl
 import os
+import pickle
 import posixpath
 import queue
 import stat
+import struct
+import subprocess
+import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -38,6 +43,7 @@ from itsup.errors import IntegrityError, ItsupError
 from itsup.manifest import Record, parse_record
 from itsup.pipeline.extract import link_leaves, outward_links, refuse_outward, refused_link
 from itsup.pipeline.members import DIR, FILE, SYMLINK, PathRules, TarScanner
+from itsup.pipeline.writer import write_files
 
 CHUNK = 1 << 20
 SMALL = 1 << 20  # files up to this size are written by the pool, in batches
@@ -81,6 +87,32 @@ class ExtractStats:
 
 # (path below staging, data, mode, mtime_ns, uid, gid) of one small file
 _Job = tuple[str, bytes, int, int, int, int]
+_LENGTH = struct.Struct("<Q")
+_SET_PIPE_SIZE = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+
+
+def _start_writer() -> subprocess.Popen[bytes]:
+    """A writer process (writer.py), isolated (-I: nothing from the current folder or
+    the environment's Python settings is imported), its input pipe enlarged."""
+    proc = subprocess.Popen(
+        [sys.executable, "-I", "-c", "from itsup.pipeline.writer import main; main()"],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        cwd="/",
+        bufsize=0,
+    )
+    assert proc.stdin is not None
+    with contextlib.suppress(OSError):
+        fcntl.fcntl(proc.stdin.fileno(), _SET_PIPE_SIZE, 1 << 20)
+    return proc
+
+
+def _send(proc: subprocess.Popen[bytes], data: bytes) -> None:
+    assert proc.stdin is not None
+    fd = proc.stdin.fileno()
+    view = memoryview(data)
+    while view:
+        view = view[os.write(fd, view) :]
 
 
 class Unpacker:
@@ -96,11 +128,13 @@ class Unpacker:
         external_links: bool = False,
         only_changed: Path | None = None,
         workers: int = 2,
+        processes: int = 0,
         on_bytes: Callable[[int], None] | None = None,
     ) -> None:
         """`index()`: the file index's JSON lines, in archive order. `selected`: which
         paths are written (None: all). `only_changed`: the live tree whose unchanged
-        files are not rewritten."""
+        files are not rewritten. `processes`: writer processes for the small files
+        (`writer.py`; worth their start for many files), else `workers` threads."""
         self.staging = os.fsencode(staging)
         self.index = index()
         self.selected = selected
@@ -116,8 +150,9 @@ class Unpacker:
         self.rules = PathRules(
             lambda: (parse_record(line, "the manifest's index")[0] for line in index())
         )
-        workers = int(os.environ.get("XW", workers))
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="restore-write")
+        self.writers = [_start_writer() for _ in range(processes)]
+        self.turn = 0
         self.budget = _ByteBudget(INFLIGHT_BYTES)
         self.large: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
         self.large_error: BaseException | None = None
@@ -149,30 +184,26 @@ class Unpacker:
                 p = posixpath.dirname(p)
 
     def _write_batch(self, batch: list[_Job], size: int) -> None:
-        base = self.staging + b"/"
-        umask = self.umask
-        owner = self.owner if self.restore_owner else None
         try:
-            for path, data, mode, mtime, uid, gid in batch:
-                fd = os.open(base + os.fsencode(path), _CREATE, mode)
-                try:
-                    if len(data):
-                        n = os.write(fd, data)
-                        while n < len(data):
-                            n += os.write(fd, memoryview(data)[n:])
-                    chown = owner is not None and (uid, gid) != owner
-                    if chown:
-                        os.fchown(fd, uid, gid)
-                    if mode & umask or (chown and mode & 0o6000):
-                        os.fchmod(fd, mode)
-                    os.utime(fd, ns=(mtime, mtime))
-                finally:
-                    os.close(fd)
+            owner = self.owner if self.restore_owner else None
+            write_files(self.staging + b"/", owner, batch, self.umask)
         finally:
             self.budget.release(size)
 
     def _flush_batch(self) -> None:
-        if self.batch:
+        if self.batch and self.writers:
+            owner = self.owner if self.restore_owner else None
+            payload = pickle.dumps((self.staging + b"/", owner, self.batch), protocol=5)
+            proc = self.writers[self.turn]
+            self.turn = (self.turn + 1) % len(self.writers)
+            try:
+                _send(proc, _LENGTH.pack(len(payload)) + payload)
+            except BrokenPipeError:  # it stopped: its answer says why
+                self._stop_writers()
+                raise ItsupError("the restore's writer process stopped early") from None
+            self.on_bytes(self.batch_bytes)
+            self.batch, self.batch_bytes = [], 0
+        elif self.batch:
             self.budget.acquire(self.batch_bytes)
             self.futures.append(self.pool.submit(self._write_batch, self.batch, self.batch_bytes))
             self.on_bytes(self.batch_bytes)
@@ -301,6 +332,7 @@ class Unpacker:
             finally:
                 self._stop_large_writer()
             self._check_futures(wait=True)
+            self._stop_writers()
             self._apply_dirs()
         except FileExistsError as exc:  # staging starts empty: the archive repeats a path
             name = os.path.relpath(
@@ -319,7 +351,36 @@ class Unpacker:
             raise IntegrityError(f"the archive is damaged{at}: {exc}") from None
         finally:
             self.pool.shutdown(wait=True, cancel_futures=True)
+            for proc in self.writers:  # stopped by a failure: no answer to wait for
+                with contextlib.suppress(OSError):
+                    proc.kill()
+                proc.wait()
         return self.stats
+
+    def _stop_writers(self) -> None:
+        """End the writer processes' input, wait for them, raise the first error."""
+        first: BaseException | None = None
+        for proc in self.writers:
+            with contextlib.suppress(OSError):
+                _send(proc, _LENGTH.pack(0))
+            assert proc.stdin is not None and proc.stdout is not None
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            answer = proc.stdout.read()
+            code = proc.wait()
+            try:
+                error = pickle.loads(answer) if answer else ()
+            except (pickle.UnpicklingError, EOFError, ValueError):
+                error = ()
+            if first is not None or (error is None and code == 0):
+                continue
+            if error:
+                number, text, name = error
+                first = OSError(number, text, name)
+            else:
+                first = ItsupError(f"the restore's writer process stopped (exit {code})")
+        if first is not None:
+            raise first
 
     def _next_entry(self, path: str) -> Record:
         line = next(self.index, None)

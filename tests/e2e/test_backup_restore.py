@@ -297,6 +297,52 @@ def test_restore_in_place_replaces_a_folder_turned_symlink_whole(
     assert leftovers(root) == []
 
 
+def add_many_small_files(root: Path, count: int) -> None:
+    """`count` small files in a few folders, with assorted modes, owners and mtimes:
+    enough for the restore to write them from its writer process."""
+    base = root / "upstream/app/volumes/mail"
+    for i in range(count):
+        folder = base / f"d{i // 400:02d}"
+        folder.mkdir(parents=True, exist_ok=True)
+        path = folder / f"m{i:05d}"
+        path.write_bytes(os.urandom(i % 700) if i % 2 else b"line\n" * (i % 90))
+        os.chmod(path, (0o644, 0o600, 0o444, 0o4755, 0o640)[i % 5])
+        if os.geteuid() == 0:
+            os.chown(path, 1000 + i % 3, 100 + i % 2)
+        os.utime(path, ns=(0, 1_736_910_000_000_000_000 + i * 1_000_001))
+
+
+def test_many_small_files_round_trip_through_the_writer_process(
+    new_host: HostFactory, tmp_path: Path
+) -> None:
+    """From WRITER_PROCESS_FROM paths on, small files are written by a process of
+    their own: contents, modes (setuid included), owners and mtimes all come back."""
+    from itsup.actions.restore import WRITER_PROCESS_FROM
+
+    store = new_host()
+    root = store.root
+    add_many_small_files(root, WRITER_PROCESS_FROM + 500)
+    pin_times(root)
+    before = tree_state(root)
+    itsup(root, "backup")
+
+    out = tmp_path / "out"
+    itsup(root, "restore", "all", "--to", out)
+    assert tree_state(out) == before
+    log = (root / "logs" / "backup.log").read_text()
+    assert "small files written by 1 writer process(es)" in log
+    # In place, after damage to a few: the rest are left alone, the few repaired.
+    mail = root / "upstream/app/volumes/mail/d01"
+    for victim in sorted(mail.iterdir())[:3]:
+        victim.unlink()
+    itsup(root, "restore", "all", "--yes")
+    assert tree_state(root) == before
+    assert leftovers(root) == []
+    last = (root / "logs" / "backup.log").read_text().splitlines()
+    restored = [line for line in last if "restored everything" in line][-1]
+    assert "left alone" in restored and "writer process" not in restored  # 3 to write
+
+
 def test_dry_run_lists_changes_and_writes_nothing(new_host: HostFactory, tmp_path: Path) -> None:
     store = new_host()
     root = store.root

@@ -102,6 +102,31 @@ def test_restore_into_a_full_filesystem_keeps_the_previous_data(
     _ = newer
 
 
+def test_many_small_files_into_a_full_filesystem(tmp_path: Path, small_fs: Mount) -> None:
+    """Enough files for the restore's writer process: the ENOSPC it meets is reported
+    the same way (one line, the destination named), and nothing is left behind."""
+    from itsup.actions.restore import WRITER_PROCESS_FROM
+
+    store = setup_host(tmp_path / "host", "local", None, "")
+    root = store.root
+    mail = root / "upstream/app/volumes/mail"
+    mail.mkdir(parents=True)
+    for i in range(WRITER_PROCESS_FROM + 1000):
+        (mail / f"m{i:05d}").write_bytes(os.urandom(1500))
+    itsup(root, "backup")
+
+    dest = small_fs(tmp_path / "small", 2 * MiB)  # room for a few hundred of them
+    res = itsup(root, "restore", "all", "--to", dest, "--yes", expect=ExitCode.FAILURE)
+    line = one_error_line(res.err)
+    assert str(dest) in line and "no space" in line.lower() and "ENOSPC" in line, line
+    assert leftovers(dest) == [] and list(dest.iterdir()) == []
+    record(
+        "disk",
+        "restore of many small files (writer process) into a full filesystem",
+        "failed cleanly (ENOSPC named), nothing left",
+    )
+
+
 def test_full_local_target_mid_archive_then_space_freed(tmp_path: Path, small_fs: Mount) -> None:
     store = setup_host(tmp_path / "host", "local", None, "")
     root = store.root
