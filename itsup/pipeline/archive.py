@@ -20,6 +20,7 @@ import errno
 import fnmatch
 import functools
 import hashlib
+import operator
 import os
 import posixpath
 import queue
@@ -134,11 +135,14 @@ def walk(
             yield from _walk_dir(top, absolute, selection, stats)
 
 
+_by_name = operator.attrgetter("name")
+
+
 def _listing(rel: str, absolute: str, stats: Stats) -> Iterator[os.DirEntry[str]]:
     """The entries of one folder, sorted by name (none, with a problem, if it cannot be read)."""
     try:
         with os.scandir(absolute) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = sorted(it, key=_by_name)
     except FileNotFoundError:
         stats.problems.append(Problem(rel, "folder vanished while being read"))
         return iter(())
@@ -157,25 +161,26 @@ def _walk_dir(
     stack = [(rel, _listing(rel, absolute, stats))]
     while stack:
         parent, entries = stack[-1]
-        entry = next(entries, None)
-        if entry is None:
+        prefix = parent + "/"
+        for entry in entries:  # left at a folder to go into, resumed when it is done
+            child_rel = prefix + entry.name
+            if selection.excluded(child_rel):
+                continue
+            try:
+                is_file = entry.is_file(follow_symlinks=False)  # the listing's type: no syscall
+                st = None if is_file else entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                stats.problems.append(Problem(child_rel, "vanished before it could be read"))
+                continue
+            except OSError as exc:
+                stats.problems.append(Problem(child_rel, f"cannot stat: {exc.strerror}"))
+                continue
+            yield child_rel, entry.path, st
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                stack.append((child_rel, _listing(child_rel, entry.path, stats)))
+                break
+        else:
             stack.pop()
-            continue
-        child_rel = f"{parent}/{entry.name}"
-        if selection.excluded(child_rel):
-            continue
-        try:
-            is_file = entry.is_file(follow_symlinks=False)  # the listing's type: no syscall
-            st = None if is_file else entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            stats.problems.append(Problem(child_rel, "vanished before it could be read"))
-            continue
-        except OSError as exc:
-            stats.problems.append(Problem(child_rel, f"cannot stat: {exc.strerror}"))
-            continue
-        yield child_rel, entry.path, st
-        if st is not None and stat.S_ISDIR(st.st_mode):
-            stack.append((child_rel, _listing(child_rel, entry.path, stats)))
 
 
 def _header(rel: str, kind: bytes, st: os.stat_result, size: int = 0, link: str = "") -> bytes:
