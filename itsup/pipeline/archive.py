@@ -5,6 +5,12 @@ tar stream. A file that shrinks while being read is padded with zeros (the
 tar header already promised its size), one that grows is cut at the promised
 size; both are recorded as changed, so the run reports a partial backup, as
 GNU tar does with "file changed as we read it".
+
+Per-file cost is what a tree of many small files pays for: a small file is
+read with one call (asking one byte more than its size tells whether it
+grew), framed with its one-block header into a batch, and the batch goes to
+the sink every FLUSH bytes; a file the folder listing shows as regular is
+not stat-ed before it is opened (the fstat of the open file is its stat).
 """
 
 from __future__ import annotations
@@ -12,10 +18,13 @@ from __future__ import annotations
 import contextlib
 import errno
 import fnmatch
+import functools
 import hashlib
+import operator
 import os
 import posixpath
 import queue
+import re
 import stat
 import tarfile
 import threading
@@ -25,7 +34,7 @@ from pathlib import Path
 from typing import Any, Protocol
 
 from itsup.layout import DUMP_FOLDER
-from itsup.manifest import Entry
+from itsup.manifest import Entry, IndexWriter, entry_line
 from itsup.pipeline.tarformat import encode_header
 
 CHUNK = 1 << 20
@@ -33,7 +42,13 @@ BLOCK = tarfile.BLOCKSIZE
 RECORD = tarfile.RECORDSIZE
 _ZEROS = bytes(CHUNK)
 _NOATIME = getattr(os, "O_NOATIME", 0)
+# A folder held open only to open files in it: O_PATH needs no read permission.
+_FOLDER_FLAGS = os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_PATH", os.O_RDONLY)
 ASYNC_HASH_FROM = 256 * 1024  # smaller files are hashed inline: a thread hop costs more
+SMALL = ASYNC_HASH_FROM  # files up to this size: read in one call, framed in the batch
+FLUSH = 256 * 1024  # the tar stream goes to the sink in batches of about this size
+_REGTYPE = tarfile.REGTYPE
+_sha256 = hashlib.sha256
 
 
 def _update_now(digest: Any, data: bytes) -> None:
@@ -82,21 +97,31 @@ class Selection:
     paths: frozenset[str] = frozenset()
 
     def excluded(self, rel: str) -> bool:
-        parts = rel.split("/")
-        if len(parts) == 3 and parts[0] == "upstream":
-            if parts[2] == DUMP_FOLDER:  # dumps are added by the run itself, never read here
+        if rel.count("/") == 2 and rel.startswith("upstream/"):
+            leaf = rel[rel.rindex("/") + 1 :]
+            if leaf == DUMP_FOLDER:  # dumps are added by the run itself, never read here
                 return True
-            if parts[2] == "volumes" and not self.include_volumes:
+            if leaf == "volumes" and not self.include_volumes:
                 return True
         if rel in self.paths:
             return True
-        return any(fnmatch.fnmatchcase(rel, pat) for pat in self.excludes)
+        return bool(self.excludes) and _matcher(self.excludes)(rel) is not None
+
+
+@functools.lru_cache(maxsize=8)
+def _matcher(patterns: tuple[str, ...]) -> Callable[[str], Any]:
+    """One regex for all the exclude patterns: what any(fnmatchcase) says, in one call."""
+    return re.compile("|".join(fnmatch.translate(p) for p in patterns)).match
 
 
 def walk(
     root: Path, selection: Selection, stats: Stats
-) -> Iterator[tuple[str, str, os.stat_result]]:
-    """Yield (relative path, absolute path, lstat) depth-first, parents first, sorted."""
+) -> Iterator[tuple[str, str, os.stat_result | None]]:
+    """Yield (relative path, absolute path, lstat) depth-first, parents first, sorted.
+
+    The lstat is None where the folder listing says "regular file": the writer
+    opens it and takes the open file's fstat, so a stat here would be a syscall
+    spent for nothing (a file replaced in between is caught there, as ever)."""
     for top in selection.roots:
         absolute = os.path.join(root, top)
         try:
@@ -110,11 +135,14 @@ def walk(
             yield from _walk_dir(top, absolute, selection, stats)
 
 
+_by_name = operator.attrgetter("name")
+
+
 def _listing(rel: str, absolute: str, stats: Stats) -> Iterator[os.DirEntry[str]]:
     """The entries of one folder, sorted by name (none, with a problem, if it cannot be read)."""
     try:
         with os.scandir(absolute) as it:
-            entries = sorted(it, key=lambda e: e.name)
+            entries = sorted(it, key=_by_name)
     except FileNotFoundError:
         stats.problems.append(Problem(rel, "folder vanished while being read"))
         return iter(())
@@ -126,31 +154,33 @@ def _listing(rel: str, absolute: str, stats: Stats) -> Iterator[os.DirEntry[str]
 
 def _walk_dir(
     rel: str, absolute: str, selection: Selection, stats: Stats
-) -> Iterator[tuple[str, str, os.stat_result]]:
+) -> Iterator[tuple[str, str, os.stat_result | None]]:
     # A stack of listings in progress rather than recursion: a tree may be nested
     # deeper than Python's recursion limit (about 1000) long before its paths
     # reach PATH_MAX.
     stack = [(rel, _listing(rel, absolute, stats))]
     while stack:
         parent, entries = stack[-1]
-        entry = next(entries, None)
-        if entry is None:
+        prefix = parent + "/"
+        for entry in entries:  # left at a folder to go into, resumed when it is done
+            child_rel = prefix + entry.name
+            if selection.excluded(child_rel):
+                continue
+            try:
+                is_file = entry.is_file(follow_symlinks=False)  # the listing's type: no syscall
+                st = None if is_file else entry.stat(follow_symlinks=False)
+            except FileNotFoundError:
+                stats.problems.append(Problem(child_rel, "vanished before it could be read"))
+                continue
+            except OSError as exc:
+                stats.problems.append(Problem(child_rel, f"cannot stat: {exc.strerror}"))
+                continue
+            yield child_rel, entry.path, st
+            if st is not None and stat.S_ISDIR(st.st_mode):
+                stack.append((child_rel, _listing(child_rel, entry.path, stats)))
+                break
+        else:
             stack.pop()
-            continue
-        child_rel = f"{parent}/{entry.name}"
-        if selection.excluded(child_rel):
-            continue
-        try:
-            st = entry.stat(follow_symlinks=False)
-        except FileNotFoundError:
-            stats.problems.append(Problem(child_rel, "vanished before it could be read"))
-            continue
-        except OSError as exc:
-            stats.problems.append(Problem(child_rel, f"cannot stat: {exc.strerror}"))
-            continue
-        yield child_rel, entry.path, st
-        if stat.S_ISDIR(st.st_mode):
-            stack.append((child_rel, _listing(child_rel, entry.path, stats)))
 
 
 def _header(rel: str, kind: bytes, st: os.stat_result, size: int = 0, link: str = "") -> bytes:
@@ -227,7 +257,13 @@ class _Hasher:
 
 
 class TarWriter:
-    """Writes tar members to `sink` and index entries to `on_entry`."""
+    """Writes tar members to `sink` and index entries to `on_entry`.
+
+    The stream is gathered into batches of about FLUSH bytes (pieces that large
+    go straight through); `flush` hands over what is gathered. When `on_entry`
+    is an IndexWriter's `add`, that index is handed lines (`entry_line`) with each
+    batch, without an Entry for each file: the same lines, for less.
+    """
 
     def __init__(
         self,
@@ -240,25 +276,65 @@ class TarWriter:
         self.on_bytes = on_bytes or (lambda n: None)
         self.written = 0
         self.hasher = _Hasher()
+        self.folder: str | None = None  # the folder of the file last opened, and its fd
+        self.folder_fd: int | None = None
+        self.batch: list[bytes] = []  # pieces of the stream not yet handed to the sink
+        self.batched = 0  # their bytes
+        self.unreported = 0  # bytes read into the batch, not yet told to on_bytes
+        index = getattr(on_entry, "__self__", None)
+        is_add = getattr(on_entry, "__func__", None) is IndexWriter.add
+        self.index = index if isinstance(index, IndexWriter) and is_add else None
+        # Index lines not yet handed to `index` (with the batch they describe).
+        self.lines: list[str] | None = [] if self.index is not None else None
 
     def _out(self, data: bytes) -> None:
-        self.sink.write(data)
         self.written += len(data)
+        if len(data) >= FLUSH:
+            self.flush()
+            self.sink.write(data)
+            return
+        self.batch.append(data)
+        self.batched += len(data)
+        if self.batched >= FLUSH:
+            self.flush()
+
+    def flush(self) -> None:
+        """Hand what is gathered to the sink, as one piece."""
+        if self.batch:
+            self.sink.write(b"".join(self.batch))
+            self.batch = []
+            self.batched = 0
+        if self.lines and self.index is not None:
+            self.index.add_lines(self.lines)
+            self.lines = []
+        if self.unreported:
+            self.on_bytes(self.unreported)
+            self.unreported = 0
+
+    def _index(self, entry: Entry) -> None:
+        if self.lines is not None:
+            self.lines.append(entry.to_json())
+        else:
+            self.on_entry(entry)
 
     def add(
         self,
         rel: str,
         absolute: str,
-        st: os.stat_result,
+        st: os.stat_result | None,
         stats: Stats,
         sha256: str | None = None,
     ) -> None:
-        """Write one member. `sha256`, when the caller already hashed the file (a dump,
+        """Write one member. `st` None: a regular file by its folder listing (its fstat
+        is taken once open). `sha256`, when the caller already hashed the file (a dump,
         hashed as it was spooled), is taken for the index instead of hashing it again."""
+        if st is None:
+            self._add_file(rel, absolute, stats, sha256)
+            return
         mode = st.st_mode
         if stat.S_ISDIR(mode):
             self._out(_header(rel, tarfile.DIRTYPE, st))
-            self.on_entry(_entry(rel, "dir", st))
+            self._index(_entry(rel, "dir", st))
             stats.dirs += 1
         elif stat.S_ISLNK(mode):
             try:
@@ -277,7 +353,7 @@ class TarWriter:
                     )
                 )
             self._out(_header(rel, tarfile.SYMTYPE, st, link=link))
-            self.on_entry(_entry(rel, "symlink", st, link=link))
+            self._index(_entry(rel, "symlink", st, link=link))
             stats.symlinks += 1
         elif stat.S_ISREG(mode):
             self._add_file(rel, absolute, stats, sha256)
@@ -292,13 +368,38 @@ class TarWriter:
             stats.skipped.append(Problem(rel, f"{kind} skipped: it holds no data to back up"))
 
     def _open(self, absolute: str) -> int:
+        """Open a file to read; by its name in its folder, held open while the files of
+        one folder come one after another (the kernel then walks one path component,
+        not the whole path)."""
         flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK
+        folder, slash, name = absolute.rpartition("/")
+        if folder != self.folder:
+            self._close_folder()
+            self.folder = folder
+            if slash:
+                with contextlib.suppress(OSError):  # then by the whole path, which says why
+                    self.folder_fd = os.open(folder or "/", _FOLDER_FLAGS)
+        at = self.folder_fd
+        if at is None:
+            name = absolute
         try:
-            return os.open(absolute, flags | _NOATIME)
+            return os.open(name, flags | _NOATIME, dir_fd=at)
         except PermissionError:
             if not _NOATIME:
                 raise
-            return os.open(absolute, flags)  # O_NOATIME needs ownership
+            return os.open(name, flags, dir_fd=at)  # O_NOATIME needs ownership
+
+    def _close_folder(self) -> None:
+        if self.folder_fd is not None:
+            os.close(self.folder_fd)
+            self.folder_fd = None
+        self.folder = None
+
+    def close(self) -> None:
+        """Release what the writer holds (the hashing thread, a folder); the stream is
+        not finished here (`finish`)."""
+        self.hasher.close()
+        self._close_folder()
 
     def _add_file(self, rel: str, absolute: str, stats: Stats, known: str | None = None) -> None:
         try:
@@ -318,50 +419,41 @@ class TarWriter:
                 )
                 return
             size = st.st_size
-            self._out(_header(rel, tarfile.REGTYPE, st, size=size))
-            digest = hashlib.sha256()
-            update = (
-                _no_update
-                if known
-                else self.hasher.update
-                if size > ASYNC_HASH_FROM
-                else _update_now
-            )
-            remaining = size
-            changed = False
-            failed = False  # a read error, already recorded as this file's problem
-            while remaining:
-                try:
-                    chunk = os.read(fd, min(CHUNK, remaining))
-                except OSError as exc:
-                    # The header is out: keep the stream valid, record the damage.
-                    stats.problems.append(
-                        Problem(rel, f"read error: {exc.strerror}; rest stored as zeros")
-                    )
-                    chunk = b""
-                    changed = failed = True
-                if not chunk:
-                    changed = True
-                    while remaining:
-                        pad = _ZEROS[: min(CHUNK, remaining)]
-                        update(digest, pad)
-                        self._out(pad)
-                        remaining -= len(pad)
-                    break
-                update(digest, chunk)
-                self._out(chunk)
-                remaining -= len(chunk)
-                self.on_bytes(len(chunk))
-            hexdigest = (
-                known
-                if known
-                else self.hasher.hexdigest(digest)
-                if size > ASYNC_HASH_FROM
-                else digest.hexdigest()
-            )
-            tail = size % BLOCK
-            if tail:
-                self._out(_ZEROS[: BLOCK - tail])
+            if size > SMALL or known:
+                self._out(_header(rel, _REGTYPE, st, size=size))
+                changed, failed, hexdigest = self._copy(rel, fd, size, stats, known)
+            else:
+                # Header, data and padding into the batch; the data with one read, which,
+                # asked for one byte more, also says whether the file grew.
+                changed = failed = False
+                data = b""
+                if size:
+                    try:
+                        data = os.read(fd, size + 1)
+                    except OSError as exc:
+                        stats.problems.append(
+                            Problem(rel, f"read error: {exc.strerror}; rest stored as zeros")
+                        )
+                        changed = failed = True
+                    if len(data) > size:
+                        data, changed = data[:size], True
+                    elif len(data) < size:
+                        data, short, error = _read_rest(rel, fd, data, size, stats, failed)
+                        changed, failed = changed or short, failed or error
+                header = encode_header(
+                    rel, _REGTYPE, st.st_mode & 0o7777, st.st_uid, st.st_gid, size, st.st_mtime_ns
+                )
+                batch = self.batch
+                batch.append(header)
+                batch.append(data)
+                tail = -size % BLOCK
+                if tail:
+                    batch.append(_ZEROS[:tail])
+                framed = len(header) + size + tail
+                self.written += framed
+                self.batched += framed
+                self.unreported += size
+                hexdigest = _sha256(data).hexdigest()
             after = os.fstat(fd)
             if after.st_size != size or after.st_mtime_ns != st.st_mtime_ns:
                 changed = True
@@ -369,11 +461,65 @@ class TarWriter:
                 stats.problems.append(
                     Problem(rel, "changed while being read; stored copy may be inconsistent")
                 )
-            self.on_entry(_entry(rel, "file", st, size=size, sha256=hexdigest, changed=changed))
+            if self.lines is not None:
+                line = entry_line(
+                    rel, "file", st.st_mode & 0o7777, st.st_mtime_ns, st.st_uid, st.st_gid,
+                    size, hexdigest, changed,
+                )  # fmt: skip
+                self.lines.append(line)
+            else:
+                self.on_entry(_entry(rel, "file", st, size=size, sha256=hexdigest, changed=changed))
             stats.files += 1
             stats.bytes += size
         finally:
             os.close(fd)
+        if self.batched >= FLUSH:
+            self.flush()
+
+    def _copy(
+        self, rel: str, fd: int, size: int, stats: Stats, known: str | None
+    ) -> tuple[bool, bool, str]:
+        """A file's data and padding, in chunks; returns (changed, failed, SHA-256)."""
+        digest = hashlib.sha256()
+        update = (
+            _no_update if known else self.hasher.update if size > ASYNC_HASH_FROM else _update_now
+        )
+        remaining = size
+        changed = False
+        failed = False  # a read error, already recorded as this file's problem
+        while remaining:
+            try:
+                chunk = os.read(fd, min(CHUNK, remaining))
+            except OSError as exc:
+                # The header is out: keep the stream valid, record the damage.
+                stats.problems.append(
+                    Problem(rel, f"read error: {exc.strerror}; rest stored as zeros")
+                )
+                chunk = b""
+                changed = failed = True
+            if not chunk:
+                changed = True
+                while remaining:
+                    pad = _ZEROS[: min(CHUNK, remaining)]
+                    update(digest, pad)
+                    self._out(pad)
+                    remaining -= len(pad)
+                break
+            update(digest, chunk)
+            self._out(chunk)
+            remaining -= len(chunk)
+            self.on_bytes(len(chunk))
+        hexdigest = (
+            known
+            if known
+            else self.hasher.hexdigest(digest)
+            if size > ASYNC_HASH_FROM
+            else digest.hexdigest()
+        )
+        tail = size % BLOCK
+        if tail:
+            self._out(_ZEROS[: BLOCK - tail])
+        return changed, failed, hexdigest
 
     def finish(self) -> None:
         """End-of-archive: two zero blocks, padded to a full record as tar does."""
@@ -382,6 +528,31 @@ class TarWriter:
         if total % RECORD:
             end += RECORD - total % RECORD
         self._out(bytes(end))
+        self.flush()
+
+
+def _read_rest(
+    rel: str, fd: int, data: bytes, size: int, stats: Stats, failed: bool
+) -> tuple[bytes, bool, bool]:
+    """A small file read short: read on to `size`, then pad with zeros as the header
+    promised. Returns (data, short, read error)."""
+    parts = [data]
+    got = len(data)
+    while got < size and not failed:
+        try:
+            chunk = os.read(fd, size - got)
+        except OSError as exc:
+            stats.problems.append(Problem(rel, f"read error: {exc.strerror}; rest stored as zeros"))
+            failed = True
+            break
+        if not chunk:
+            break
+        parts.append(chunk)
+        got += len(chunk)
+    short = got < size
+    if short:
+        parts.append(bytes(size - got))
+    return b"".join(parts), short, failed
 
 
 def write_archive(
@@ -403,19 +574,21 @@ def write_archive(
     stats = Stats()
     writer = TarWriter(sink, on_entry, on_bytes)
     try:
+        add = writer.add
         for rel, absolute, st in walk(root, selection, stats):
-            writer.add(rel, absolute, st, stats)
+            add(rel, absolute, st, stats)
         more = extras() if extras is not None else []
         if more:
             # The extras begin a stream of their own (a new gzip member), so that a
             # restore of the dumps alone reads from here, not through the whole tree.
+            writer.flush()
             stats.extras_at = writer.written
             new_member = getattr(sink, "new_member", None)
             if new_member is not None:
                 new_member()
         for rel, absolute, sha256 in more:
-            writer.add(rel, absolute, os.lstat(absolute), stats, sha256)
+            add(rel, absolute, os.lstat(absolute), stats, sha256)
         writer.finish()
     finally:
-        writer.hasher.close()
+        writer.close()
     return stats

@@ -3,21 +3,52 @@
 Python's tarfile builds headers field by field and spends tens of
 microseconds on each; with tens of thousands of small files that alone
 costs seconds. This encoder writes the same format GNU tar and tarfile read:
-a ustar header, preceded by a pax extended header ('x') only when a value
-does not fit ustar (long or non-ASCII names, sizes of 8 GiB and more, large
-ids) or carries sub-second mtime. Anything unusual (names that are not valid
-UTF-8) falls back to tarfile itself.
+one ustar header block, preceded by a pax extended header ('x') only when a
+value does not fit ustar: long or non-ASCII names and link targets, sizes
+of 8 GiB and more, large ids, and mtimes before 1970 or past ustar's 11
+octal digits (those carry their exact value, sub-second part included).
+
+A member's mtime in the ustar field is whole seconds (rounded down); the
+exact nanoseconds are the file index's `mtime_ns`, which itsup's restore
+applies. A plain `tar -x` restores whole seconds. Names that are not valid
+UTF-8 fall back to tarfile itself.
 """
 
 from __future__ import annotations
 
 import math
 import tarfile
+import zlib
 
 BLOCK = 512
+NS = 1_000_000_000
 _USTAR_MAX_OCTAL11 = 8**11
 _USTAR_MAX_OCTAL7 = 8**7
 _CHKSUM_BLANK = b"        "
+_NUL100 = bytes(100)
+# Magic, version and the empty owner names, device numbers and prefix: the block's tail.
+_USTAR_TAIL = b"ustar\x0000" + bytes(32 + 32 + 8 + 8 + 155 + 12)
+# What the fixed bytes add to the checksum: the blank checksum field and the magic.
+_FIXED_SUM = sum(_CHKSUM_BLANK) + sum(_USTAR_TAIL)
+_adler32 = zlib.adler32
+_NO_LINK = _NUL100 + _USTAR_TAIL
+# The mode, uid and gid fields and their byte sum (with the fixed bytes'), by value:
+# a tree has few distinct ones, and formatting them is most of a header's cost.
+_OWNERS: dict[tuple[int, int, int], tuple[bytes, int]] = {}
+
+
+def _owner(key: tuple[int, int, int]) -> tuple[bytes, int]:
+    if len(_OWNERS) >= 4096:
+        _OWNERS.clear()
+    field = b"%07o\0%07o\0%07o\0" % key
+    _OWNERS[key] = found = (field, _FIXED_SUM + sum(field))
+    return found
+
+
+def _byte_sum(data: bytes) -> int:
+    """The sum of the bytes of `data` (at most 256 of them): Adler-32's A part, less
+    its initial 1, cannot wrap modulo 65521 below 257 bytes, and costs no Python loop."""
+    return (_adler32(data) & 0xFFFF) - 1
 
 
 def _pax_record(key: str, value: str) -> bytes:
@@ -30,7 +61,7 @@ def _pax_record(key: str, value: str) -> bytes:
 
 def _pax_mtime(mtime_ns: int) -> str:
     """Exact decimal seconds: -1.5 s is "-1.5" (divmod's floor would give -2 and .5)."""
-    whole, nanos = divmod(abs(mtime_ns), 1_000_000_000)
+    whole, nanos = divmod(abs(mtime_ns), NS)
     sign = "-" if mtime_ns < 0 else ""
     return f"{sign}{whole}.{nanos:09d}".rstrip("0").rstrip(".")
 
@@ -38,35 +69,51 @@ def _pax_mtime(mtime_ns: int) -> str:
 def _ustar(
     name: bytes, mode: int, uid: int, gid: int, size: int, mtime: int, kind: bytes, link: bytes
 ) -> bytes:
-    head = b"".join(
+    """One ustar block; `name` and `link` are at most 99 bytes (so 256 or fewer
+    bytes of each checksummed piece: see _byte_sum)."""
+    numbers = b"%07o\0%07o\0%07o\0%011o\0%011o\0" % (mode, uid, gid, size, mtime)
+    checksum = _FIXED_SUM + _byte_sum(name) + _byte_sum(numbers) + kind[0] + _byte_sum(link)
+    return b"".join(
         (
-            name.ljust(100, b"\0"),
-            b"%07o\0" % mode,
-            b"%07o\0" % uid,
-            b"%07o\0" % gid,
-            b"%011o\0" % size,
-            b"%011o\0" % mtime,
-            _CHKSUM_BLANK,
+            name,
+            _NUL100[len(name) :],
+            numbers,
+            b"%06o\0 " % checksum,
             kind,
-            link.ljust(100, b"\0"),
-            b"ustar\x0000",
-            bytes(32 + 32 + 8 + 8 + 155 + 12),
+            link,
+            _NUL100[len(link) :],
+            _USTAR_TAIL,
         )
     )
-    checksum = b"%06o\0 " % sum(head)
-    return head[:148] + checksum + head[156:]
 
 
 def encode_header(
     path: str, kind: bytes, mode: int, uid: int, gid: int, size: int, mtime_ns: int, link: str = ""
 ) -> bytes:
     """Return the header block(s) for one member (data and padding follow separately)."""
+    seconds = mtime_ns // NS
+    if (
+        len(path) < 100
+        and not link
+        and path.isascii()
+        and size < _USTAR_MAX_OCTAL11
+        and 0 <= seconds < _USTAR_MAX_OCTAL11
+        and uid < _USTAR_MAX_OCTAL7
+        and gid < _USTAR_MAX_OCTAL7
+    ):  # the common case, a file or folder: one ustar block
+        name = path.encode()
+        key = (mode, uid, gid)
+        owner, owner_sum = _OWNERS.get(key) or _owner(key)
+        numbers = b"%011o\0%011o\0" % (size, seconds)
+        checksum = owner_sum + _byte_sum(name) + _byte_sum(numbers) + kind[0]
+        return b"".join(
+            (name, _NUL100[len(name) :], owner, numbers, b"%06o\0 " % checksum, kind, _NO_LINK)
+        )
     try:
         name_b = path.encode("utf-8")
         link_b = link.encode("utf-8")
     except UnicodeEncodeError:
         return _fallback(path, kind, mode, uid, gid, size, mtime_ns, link)
-    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
     pax: list[bytes] = []
     if len(name_b) > 99 or not name_b.isascii():
         pax.append(_pax_record("path", path))
@@ -83,10 +130,9 @@ def encode_header(
     if gid >= _USTAR_MAX_OCTAL7:
         pax.append(_pax_record("gid", str(gid)))
         gid = 0
-    if nanos or not 0 <= seconds < _USTAR_MAX_OCTAL11:
+    if not 0 <= seconds < _USTAR_MAX_OCTAL11:  # ustar cannot hold it: exact, in pax
         pax.append(_pax_record("mtime", _pax_mtime(mtime_ns)))
-        if not 0 <= seconds < _USTAR_MAX_OCTAL11:
-            seconds = 0
+        seconds = 0
     header = _ustar(name_b, mode, uid, gid, size, seconds, kind, link_b)
     if not pax:
         return header
@@ -102,9 +148,9 @@ def _fallback(
     info = tarfile.TarInfo(path)
     info.type = kind
     info.mode, info.uid, info.gid, info.size, info.linkname = mode, uid, gid, size, link
-    seconds, nanos = divmod(mtime_ns, 1_000_000_000)
-    info.mtime = seconds
-    if nanos:
+    seconds, nanos = divmod(mtime_ns, NS)
+    info.mtime = seconds  # tarfile adds a pax record for whole seconds out of range
+    if nanos and not 0 <= seconds < _USTAR_MAX_OCTAL11:  # exact, as encode_header
         info.pax_headers = {"mtime": _pax_mtime(mtime_ns)}
     return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
 

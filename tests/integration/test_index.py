@@ -18,9 +18,11 @@ import subprocess
 import zlib
 
 import pytest
+from hypothesis import given
+from hypothesis import strategies as st
 
 from itsup.errors import IntegrityError
-from itsup.manifest import Entry, IndexWriter, read_index
+from itsup.manifest import Entry, IndexWriter, entry_line, read_index
 
 BATCH = IndexWriter.BATCH
 NAME = "backup-2025-01-15-030000.index.jsonl.gz"
@@ -75,6 +77,47 @@ def test_entry_json_round_trip(entry: Entry) -> None:
     assert "\n" not in line
     line.encode("utf-8")  # strict: what jq reads
     assert Entry.from_json(line) == entry
+
+
+def line_of(entry: Entry) -> str:
+    return entry_line(
+        entry.path, entry.type, entry.mode, entry.mtime_ns, entry.uid, entry.gid,
+        entry.size, entry.sha256, entry.changed,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    "entry", [e for e in SAMPLES if e.type != "symlink"], ids=lambda e: repr(e.path[-20:])
+)
+def test_entry_line_is_the_entry_json(entry: Entry) -> None:
+    """The backup writes files' and folders' lines with entry_line: the very same text."""
+    assert line_of(entry) == entry.to_json()
+
+
+# Any name a host can hold: surrogate escapes (non-UTF-8 bytes), controls, quotes, DEL.
+NAMES = st.text(
+    st.characters(exclude_characters="\x00") | st.integers(0xDC80, 0xDCFF).map(chr), max_size=40
+)
+
+
+@given(NAMES, st.booleans(), st.sampled_from(["file", "dir"]))
+def test_entry_line_matches_json_dumps_for_any_name(name: str, changed: bool, kind: str) -> None:
+    entry = Entry(name, kind, 0o644, 1_700_000_000_123_456_789, 0, 0, 5, sha(1), changed=changed)
+    line = line_of(entry)
+    assert line == entry.to_json()
+    assert Entry.from_json(line) == entry
+
+
+def test_lines_and_entries_go_into_one_index() -> None:
+    entries = many(BATCH + 5)
+    writer = IndexWriter()
+    writer.add(entries[0])
+    writer.add_lines([line_of(e) for e in entries[1:BATCH] if e.type != "symlink"])
+    writer.add_lines([])
+    for entry in entries[BATCH:]:
+        writer.add(entry)
+    kept = [entries[0], *(e for e in entries[1:BATCH] if e.type != "symlink"), *entries[BATCH:]]
+    assert read_back(writer.finish()) == kept
 
 
 def test_non_utf8_names_come_back_as_the_same_bytes() -> None:

@@ -4,7 +4,9 @@ Archives must restore with plain `tar -x` when itsup is gone, so every header
 encode_header writes is read back by tarfile and by the real GNU tar, listed
 and extracted, for the values that need more than a plain ustar header: long
 and non-ASCII names, long symlink targets, sizes of 8 GiB and more, large
-ids, sub-second and pre-1970 mtimes. TarReader, which restore uses, must read
+ids, pre-1970 mtimes and mtimes past the 11-digit field. A sub-second mtime
+is stored as its whole seconds (the exact nanoseconds are the file index's),
+so the header stays one block. TarReader, which restore uses, must read
 what tarfile and GNU tar write exactly as tarfile does, and refuse damage with
 a tarfile.TarError, never crash with anything else.
 """
@@ -107,6 +109,13 @@ def exact_mtime_ns(info: tarfile.TarInfo) -> int:
     return int(Decimal(text) * NS) if text else int(info.mtime) * NS
 
 
+def stored_mtime_ns(mtime_ns: int) -> int:
+    """The mtime the archive carries for `mtime_ns`: whole seconds (rounded down) where
+    ustar holds them, the exact value (a pax record) before 1970 or past 8**11 s."""
+    seconds = mtime_ns // NS
+    return seconds * NS if 0 <= seconds < OCTAL11 else mtime_ns
+
+
 def tarfile_members(archive: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
     with tarfile.open(fileobj=io.BytesIO(archive), mode="r:") as tf:
         return [
@@ -151,17 +160,39 @@ def test_encoded_headers_read_back_by_tarfile() -> None:
         assert (info.size, info.linkname, exact_mtime_ns(info), data) == (
             len(m.data),
             m.link,
-            m.mtime_ns,
+            stored_mtime_ns(m.mtime_ns),
             m.data,
         )
 
 
 def test_plain_values_need_no_pax_header() -> None:
-    """Names under 100 ASCII bytes, whole-second mtimes, small ids: one ustar block."""
+    """Names under 100 ASCII bytes, mtimes from 1970 to 8**11 s, small ids: one ustar block."""
     assert len(encode_header("top/" + "a" * 95, tarfile.REGTYPE, 0o644, 1, 1, 5, 10 * NS)) == BLOCK
+    assert len(encode_header("f", tarfile.REGTYPE, 0o644, 0, 0, 0, 1_700_000_000 * NS + 1)) == BLOCK
+    assert len(encode_header("f", tarfile.REGTYPE, 0o644, 0, 0, 0, OCTAL11 * NS - 1)) == BLOCK
     assert len(encode_header("f", tarfile.REGTYPE, 0o644, OCTAL7 - 1, 0, 0, 0)) == BLOCK
     assert len(encode_header("f", tarfile.REGTYPE, 0o644, 0, 0, OCTAL11 - 1, 0)) == BLOCK
     assert len(encode_header("f", tarfile.REGTYPE, 0o644, 0, 0, OCTAL11, 0)) > BLOCK
+
+
+@pytest.mark.parametrize(
+    ("mtime_ns", "pax"),
+    [
+        (1_700_000_000_123_456_789, None),  # whole seconds in ustar; the index has the rest
+        (-1, "-0.000000001"),
+        (-1_500_000_000, "-1.5"),
+        (-NS, "-1"),
+        (OCTAL11 * NS, "8589934592"),
+        (OCTAL11 * NS + 7, "8589934592.000000007"),
+    ],
+)
+def test_mtime_pax_record_only_where_ustar_cannot_hold_it(mtime_ns: int, pax: str | None) -> None:
+    header = encode_header("f", tarfile.REGTYPE, 0o644, 0, 0, 0, mtime_ns)
+    ((info, _),) = tarfile_members(header + bytes(2 * BLOCK))
+    assert info.pax_headers.get("mtime") == pax
+    assert exact_mtime_ns(info) == stored_mtime_ns(mtime_ns)
+    if pax is None:
+        assert len(header) == BLOCK and info.mtime == mtime_ns // NS
 
 
 @pytest.mark.parametrize("name_len", [1, 98, 99, 100, 101, 254, 255, 256, 1000])
@@ -220,7 +251,7 @@ def test_gnu_tar_lists_encoded_headers(tmp_path: Path) -> None:
         assert got["perm"] == stat.filemode(_IFMT[m.kind] | m.mode)
         assert (int(got["uid"]), int(got["gid"]), int(got["size"])) == (m.uid, m.gid, len(m.data))
         if not (m.mtime_ns < 0 and m.mtime_ns % NS):  # GNU tar 1.34 mis-prints those
-            assert got["time"] == gnu_time(m.mtime_ns), m.name
+            assert got["time"] == gnu_time(stored_mtime_ns(m.mtime_ns)), m.name
 
 
 def test_gnu_tar_extracts_encoded_headers(tmp_path: Path) -> None:
@@ -246,7 +277,7 @@ def test_gnu_tar_extracts_encoded_headers(tmp_path: Path) -> None:
         path = os.fsencode(dest) + b"/" + m.raw_name
         st = os.lstat(path)
         assert (stat.S_IFMT(st.st_mode), st.st_uid, st.st_gid) == (_IFMT[m.kind], m.uid, m.gid)
-        assert st.st_mtime_ns == m.mtime_ns, m.name
+        assert st.st_mtime_ns == stored_mtime_ns(m.mtime_ns), m.name
         if m.kind == tarfile.SYMTYPE:
             assert os.readlink(path) == os.fsencode(m.link)
             continue

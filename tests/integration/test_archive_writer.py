@@ -1,0 +1,216 @@
+"""The archive writer on a real tree: what it streams, tarfile and GNU tar read back.
+
+Small files take a path of their own (one read asking for one byte more than
+the size, framed into a batch; lines handed to the index without an Entry),
+large ones are copied in chunks and hashed on a thread: both must give the
+same members, the same index and the same account of files that change
+while being read, and the stream must stay a tar archive plain tools read.
+"""
+
+from __future__ import annotations
+
+import errno
+import gzip
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+import types
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from itsup.manifest import Entry, IndexWriter
+from itsup.pipeline import archive
+from itsup.pipeline.archive import BLOCK, CHUNK, SMALL, Selection, Stats, write_archive
+
+NS = 1_000_000_000
+NON_UTF8 = os.fsdecode(b"latin1-\xe9t\xe9.txt")
+SIZES = [0, 1, 511, 512, 513, 4096, SMALL - 1, SMALL, SMALL + 1, 3 * CHUNK + 5]
+
+
+def make_tree(root: Path) -> None:
+    top = root / "proxy"
+    (top / "sub" / "deeper").mkdir(parents=True)
+    for i, size in enumerate(SIZES):
+        (top / f"size-{size}").write_bytes(os.urandom(size) if i % 2 else b"t" * size)
+    (top / "sub" / ("long-" + "n" * 120)).write_text("a long name\n")
+    (top / "sub" / "données-文件.txt").write_text("non-ASCII\n")
+    (top / "sub" / 'quote"back\\slash').write_text("needs JSON escapes\n")
+    (top / "sub" / "deeper" / "leaf").write_text("leaf\n")
+    os.symlink("../size-1", top / "sub" / "link")
+    with open(os.path.join(os.fsencode(top / "sub"), os.fsencode(NON_UTF8)), "wb") as fh:
+        fh.write(b"not UTF-8\n")
+    for i, path in enumerate(sorted(top.rglob("*"))):
+        os.utime(path, ns=(1_700_000_000_123_456_789 + i * NS,) * 2, follow_symlinks=False)
+
+
+def run(root: Path, on_entry: Any = None, sink: Any = None, **kw: Any) -> tuple[Stats, bytes, Any]:
+    sink = sink if sink is not None else io.BytesIO()
+    index = IndexWriter()
+    stats = write_archive(root, Selection(("proxy",)), sink, on_entry or index.add, **kw)
+    return stats, sink.getvalue(), index
+
+
+def members(data: bytes) -> list[tuple[tarfile.TarInfo, bytes]]:
+    with tarfile.open(fileobj=io.BytesIO(data), mode="r:") as tf:
+        return [
+            (info, tf.extractfile(info).read() if info.isreg() else b"")  # type: ignore[union-attr]
+            for info in tf
+        ]
+
+
+def test_stream_and_index_agree_with_the_tree(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    stats, data, index = run(tmp_path)
+    lines = gzip.decompress(index.finish()).decode().splitlines()
+    entries = [Entry.from_json(line) for line in lines]
+    got = members(data)
+    assert [info.name for info, _ in got] == [e.path for e in entries]
+    assert not stats.problems and stats.files == len(SIZES) + 5 and stats.symlinks == 1
+    assert len(data) % tarfile.RECORDSIZE == 0
+    for (info, content), entry in zip(got, entries, strict=True):
+        st = os.lstat(os.fsencode(tmp_path / entry.path))
+        assert entry.mtime_ns == st.st_mtime_ns  # the exact time: the index's
+        assert info.mtime == st.st_mtime_ns // NS  # whole seconds in the header
+        assert "mtime" not in info.pax_headers
+        assert (info.mode, entry.mode) == (stat_mode(st), stat_mode(st))
+        if entry.type == "file":
+            with open(os.fsencode(tmp_path / entry.path), "rb") as fh:
+                assert content == fh.read()
+            assert entry.sha256 == hashlib.sha256(content).hexdigest()
+            assert info.size == entry.size == len(content)
+
+
+def stat_mode(st: os.stat_result) -> int:
+    return st.st_mode & 0o7777
+
+
+def test_plain_names_take_one_header_block(tmp_path: Path) -> None:
+    (tmp_path / "proxy").mkdir()
+    (tmp_path / "proxy" / "a").write_bytes(b"x" * 700)
+    os.utime(tmp_path / "proxy" / "a", ns=(1_700_000_000_999_999_999,) * 2)
+    _, data, _ = run(tmp_path)
+    # folder header, file header, 2 data blocks, end of archive: no pax header anywhere
+    assert data[BLOCK : BLOCK + 100].rstrip(b"\0") == b"proxy/a"
+    assert data[4 * BLOCK :] == bytes(len(data) - 4 * BLOCK)
+
+
+def test_index_lines_equal_with_and_without_an_index_writer(tmp_path: Path) -> None:
+    """`index.add` gets lines with each batch; any other callable gets Entry objects."""
+    make_tree(tmp_path)
+    _, fast, index = run(tmp_path)
+    entries: list[Entry] = []
+    _, slow, _ = run(tmp_path, entries.append)
+    assert fast == slow
+    lines = gzip.decompress(index.finish()).decode().splitlines()
+    assert lines == [e.to_json() for e in entries]
+
+
+def test_gnu_tar_extracts_the_stream(tmp_path: Path) -> None:
+    make_tree(tmp_path / "src")
+    _, data, _ = run(tmp_path / "src")
+    (tmp_path / "a.tar").write_bytes(data)
+    out = tmp_path / "out"
+    out.mkdir()
+    subprocess.run(["tar", "-xf", tmp_path / "a.tar", "-C", out], check=True, timeout=60)
+    for path in sorted((tmp_path / "src").rglob("*")):
+        rel = path.relative_to(tmp_path / "src")
+        st, copy = os.lstat(path), os.lstat(out / rel)
+        assert copy.st_mtime_ns == st.st_mtime_ns // NS * NS  # whole seconds with plain tar
+        if path.is_file() and not path.is_symlink():
+            assert (out / rel).read_bytes() == path.read_bytes()
+
+
+class _Os(types.ModuleType):
+    def __getattr__(self, name: str) -> Any:
+        return getattr(os, name)
+
+
+@pytest.mark.parametrize("size", [1, 700, SMALL])
+@pytest.mark.parametrize("how", ["grew", "shrank", "read-error", "short-reads"])
+def test_small_file_changing_while_read(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, size: int, how: str
+) -> None:
+    """The one read of a small file tells growth (more than asked) and shrinking (less);
+    a read error stores zeros; reads that come short but complete are no change."""
+    (tmp_path / "proxy").mkdir()
+    content = os.urandom(size)
+    victim = tmp_path / "proxy" / "victim"
+    victim.write_bytes(content)
+    (tmp_path / "proxy" / "z-after").write_bytes(b"after\n")
+    real_read = os.read
+    proxy = _Os("os")
+    victim_fd: list[int] = []
+    reads: list[int] = []
+
+    def read(fd: int, n: int) -> bytes:
+        if not victim_fd or fd != victim_fd[0]:
+            return real_read(fd, n)
+        if how == "grew":
+            return real_read(fd, n) + b"more"[: max(0, n - size)]
+        reads.append(n)
+        if how == "shrank":  # half of it, then the end
+            return real_read(fd, size // 2) if len(reads) == 1 else b""
+        if how == "read-error":
+            raise OSError(errno.EIO, os.strerror(errno.EIO))
+        return real_read(fd, min(n, 100))  # short-reads
+
+    real_open = os.open
+
+    def open_(path: Any, flags: int, *args: Any, **kw: Any) -> int:
+        fd = real_open(path, flags, *args, **kw)
+        victim_fd[:] = [fd] if str(path).endswith("victim") else []  # fds are reused
+        return fd
+
+    proxy.read = read  # type: ignore[attr-defined]
+    proxy.open = open_  # type: ignore[attr-defined]
+    monkeypatch.setattr(archive, "os", proxy)
+    stats, data, index = run(tmp_path)
+    monkeypatch.undo()
+    got = {info.name: body for info, body in members(data)}
+    entries = {
+        e.path: e for e in map(Entry.from_json, gzip.decompress(index.finish()).decode().split())
+    }
+    stored = got["proxy/victim"]
+    assert len(stored) == size and got["proxy/z-after"] == b"after\n"
+    assert entries["proxy/victim"].sha256 == hashlib.sha256(stored).hexdigest()
+    problems = {p.path: p.problem for p in stats.problems}
+    if how == "short-reads":
+        assert stored == content and not problems
+        assert not entries["proxy/victim"].changed
+        return
+    assert entries["proxy/victim"].changed
+    if how == "grew":
+        assert stored == content  # cut at the size first seen
+        assert "changed while being read" in problems["proxy/victim"]
+    elif how == "shrank":
+        assert stored == content[: size // 2] + bytes(size - size // 2)
+        assert "changed while being read" in problems["proxy/victim"]
+    else:
+        assert stored == bytes(size)
+        assert problems["proxy/victim"].startswith("read error: Input/output error")
+
+
+class _MemberSink(io.BytesIO):
+    def __init__(self) -> None:
+        super().__init__()
+        self.new_member_at: list[int] = []
+
+    def new_member(self) -> None:
+        self.new_member_at.append(len(self.getvalue()))
+
+
+def test_extras_start_where_the_sink_starts_a_new_member(tmp_path: Path) -> None:
+    make_tree(tmp_path)
+    dump = tmp_path / "dump.sql"
+    dump.write_bytes(b"-- a dump\n" * 3)
+    digest = hashlib.sha256(dump.read_bytes()).hexdigest()
+    sink = _MemberSink()
+    stats, data, _ = run(tmp_path, sink=sink, extras=lambda: [("dumps/db.sql", str(dump), digest)])
+    assert sink.new_member_at == [stats.extras_at]  # all of the tree reached the sink first
+    assert stats.extras_at is not None
+    ((info, body),) = members(data[stats.extras_at :])
+    assert (info.name, body) == ("dumps/db.sql", dump.read_bytes())
