@@ -77,8 +77,9 @@ from itsup.swap import (
 log = logging.getLogger("itsup.restore")
 MiB = 1024 * 1024
 CHANGE_KINDS = ("new", "replace", "same")
-# From this many paths to write, small files are written by a process of their own
-# (pipeline/writer.py: it starts in about 50 ms, and frees the reader's core).
+# From this many paths to write (or to compare with their live copy), small files are
+# written by a process of their own (pipeline/writer.py: it starts in about 50 ms, and
+# frees the reader's core).
 WRITER_PROCESS_FROM = 1000
 
 
@@ -719,7 +720,7 @@ def _stage(
                     restore_owner=os.geteuid() == 0,
                     external_links=not plan.options.refuse_external_links,
                     only_changed=None if plan.fresh else plan.dest,
-                    processes=writer_processes(plan.counts["new"] + plan.counts["replace"]),
+                    processes=writer_processes(sum(plan.counts.values())),
                     on_bytes=on_bytes,
                 )
                 stats = extractor.run(stream)

@@ -52,7 +52,6 @@ BATCH_BYTES = 4 << 20
 INFLIGHT_BYTES = 16 << 20  # bounds memory held by queued writes
 _ZEROS = bytes(CHUNK)
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
-_NOFOLLOW_READ = os.O_RDONLY | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 
 
 class _ByteBudget:
@@ -85,8 +84,8 @@ class ExtractStats:
     unchanged: int = 0  # files left as they were (only_changed)
 
 
-# (path below staging, data, mode, mtime_ns, uid, gid) of one small file
-_Job = tuple[str, bytes, int, int, int, int]
+# (path below staging, data, mode, mtime_ns, uid, gid, live copy or None) of one small file
+_Job = tuple[str, bytes, int, int, int, int, bytes | None]
 _LENGTH = struct.Struct("<Q")
 _SET_PIPE_SIZE = getattr(fcntl, "F_SETPIPE_SZ", 1031)
 
@@ -162,7 +161,7 @@ class Unpacker:
         self.large_thread.start()
         self.batch: list[_Job] = []
         self.batch_bytes = 0
-        self.futures: list[Future[None]] = []
+        self.futures: list[Future[int]] = []
         self.dirs: list[tuple[str, int, int, int, int]] = []  # path, mode, mtime, uid, gid
         self.link_targets: dict[str, str] = {}
         self.made_dirs: set[str] = set()
@@ -183,10 +182,10 @@ class Unpacker:
                 self.made_dirs.add(p)
                 p = posixpath.dirname(p)
 
-    def _write_batch(self, batch: list[_Job], size: int) -> None:
+    def _write_batch(self, batch: list[_Job], size: int) -> int:
         try:
             owner = self.owner if self.restore_owner else None
-            write_files(self.staging + b"/", owner, batch, self.umask)
+            return write_files(self.staging + b"/", owner, batch, self.umask)
         finally:
             self.budget.release(size)
 
@@ -274,38 +273,19 @@ class Unpacker:
         keep = []
         for fut in self.futures:
             if wait or fut.done():
-                fut.result()
+                self.stats.unchanged += fut.result()
             else:
                 keep.append(fut)
         self.futures = keep
 
-    def _unchanged(self, path: str, data: bytes, mode: int, mtime: int, uid: int, gid: int) -> bool:
-        """Whether the live tree's `path` is already this file: metadata, then content."""
+    def _live_copy(self, path: str) -> bytes | None:
+        """Where the live tree holds `path`, when the writers should compare it there
+        first (only_changed, and every live folder above it a real one)."""
         assert self.live is not None
         parent = path.rpartition("/")[0]
         if parent != self.live_parent and not self._real_folders(parent):
-            return False
-        where = self.live + b"/" + os.fsencode(path)
-        try:
-            st = os.lstat(where)
-        except OSError:
-            return False
-        if (
-            not stat.S_ISREG(st.st_mode)
-            or st.st_size != len(data)
-            or st.st_mtime_ns != mtime
-            or stat.S_IMODE(st.st_mode) != mode
-            or (self.restore_owner and (st.st_uid, st.st_gid) != (uid, gid))
-        ):
-            return False
-        try:
-            fd = os.open(where, _NOFOLLOW_READ)
-        except OSError:
-            return False
-        try:
-            return os.read(fd, len(data) + 1) == data
-        finally:
-            os.close(fd)
+            return None
+        return self.live + b"/" + os.fsencode(path)
 
     def _real_folders(self, parent: str) -> bool:
         """Whether every folder on the way to `parent` in the live tree is a real folder:
@@ -369,8 +349,9 @@ class Unpacker:
             answer = proc.stdout.read()
             code = proc.wait()
             try:
-                error = pickle.loads(answer) if answer else ()
-            except (pickle.UnpicklingError, EOFError, ValueError):
+                error, same = pickle.loads(answer)
+                self.stats.unchanged += same
+            except (pickle.UnpicklingError, EOFError, ValueError, TypeError):
                 error = ()
             if first is not None or (error is None and code == 0):
                 continue
@@ -420,11 +401,9 @@ class Unpacker:
                     data = scan.take(size)
                     stats.files += 1
                     stats.bytes += size
-                    if live is not None and self._unchanged(path, data, mode, mtime, uid, gid):
-                        stats.unchanged += 1
-                        continue
                     self._ensure_parent(path)
-                    batch.append((path, data, mode, mtime, uid, gid))
+                    copy = self._live_copy(path) if live is not None else None
+                    batch.append((path, data, mode, mtime, uid, gid, copy))
                     self.batch_bytes += size + 512
                     if len(batch) >= BATCH_FILES or self.batch_bytes >= BATCH_BYTES:
                         self._flush_batch()

@@ -11,10 +11,12 @@ in about 50 ms, so restores only use it for many files (`unpack.Unpacker`).
 Protocol, over the child's stdin and stdout: batches as an 8-byte length
 (little-endian) then a pickle of `(base, owner, jobs)`; `base` the staging
 folder plus "/", `owner` the (uid, gid) new files get or None when owners
-are not restored, `jobs` a list of (path, data, mode, mtime_ns, uid, gid).
-A zero length ends the input. The answer is one pickle on stdout: None, or
-the first error as (errno, strerror, filename); after an error the rest of
-the input is read and dropped. The parent is the only writer of stdin and
+are not restored, `jobs` a list of (path, data, mode, mtime_ns, uid, gid,
+live): `live`, when not None, the path of the file's current copy, left
+alone when it is already the same (an in-place restore). A zero length ends
+the input. The answer is one pickle on stdout: (None, or the first error as
+(errno, strerror, filename); how many files were left alone); after an error
+the rest of the input is read and dropped. The parent is the only writer of stdin and
 trusts nothing but this answer: a writer that dies is an error too.
 """
 
@@ -23,16 +25,24 @@ from __future__ import annotations
 import os
 import pickle
 import signal
+import stat
 import struct
 from typing import Any
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
+_READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
 _LENGTH = struct.Struct("<Q")
 
 
-def write_files(base: bytes, owner: tuple[int, int] | None, jobs: list[Any], umask: int) -> None:
-    """Create each file of `jobs` below `base` (which ends in "/"), as the restore does."""
-    for path, data, mode, mtime, uid, gid in jobs:
+def write_files(base: bytes, owner: tuple[int, int] | None, jobs: list[Any], umask: int) -> int:
+    """Create each file of `jobs` below `base` (which ends in "/"), as the restore does,
+    except those whose live copy (a job's last field, when given) is already the same:
+    returns how many were left alone."""
+    same = 0
+    for path, data, mode, mtime, uid, gid, live in jobs:
+        if live is not None and _unchanged(live, data, mode, mtime, uid, gid, owner):
+            same += 1
+            continue
         fd = os.open(base + os.fsencode(path), _CREATE, mode)
         try:
             if len(data):
@@ -47,6 +57,36 @@ def write_files(base: bytes, owner: tuple[int, int] | None, jobs: list[Any], uma
             os.utime(fd, ns=(mtime, mtime))
         finally:
             os.close(fd)
+    return same
+
+
+def _unchanged(
+    live: bytes, data: bytes, mode: int, mtime: int, uid: int, gid: int, owner: object
+) -> bool:
+    """Whether the file at `live` is already this one: size, mode, mtime, owner (when
+    owners are restored), then its content compared byte for byte."""
+    try:
+        st = os.lstat(live)
+    except OSError:
+        return False
+    if (
+        not stat.S_ISREG(st.st_mode)
+        or st.st_size != len(data)
+        or st.st_mtime_ns != mtime
+        or stat.S_IMODE(st.st_mode) != mode
+        or (owner is not None and (st.st_uid != uid or st.st_gid != gid))
+    ):
+        return False
+    try:
+        fd = os.open(live, _READ)
+    except OSError:
+        return False
+    try:
+        return os.read(fd, len(data) + 1) == data
+    except OSError:
+        return False
+    finally:
+        os.close(fd)
 
 
 def _read_exactly(fd: int, n: int) -> bytes:
@@ -68,6 +108,7 @@ def main() -> None:
     umask = os.umask(0o022)
     os.umask(umask)
     error: tuple[int, str, str | None] | None = None
+    same = 0
     try:
         while True:
             (length,) = _LENGTH.unpack(_read_exactly(0, _LENGTH.size))
@@ -78,7 +119,7 @@ def main() -> None:
                 continue
             base, owner, jobs = pickle.loads(payload)
             try:
-                write_files(base, owner, jobs, umask)
+                same += write_files(base, owner, jobs, umask)
             except OSError as exc:
                 name = exc.filename
                 error = (
@@ -88,7 +129,7 @@ def main() -> None:
                 )
     except EOFError:
         error = error or (0, "the restore stopped sending", None)
-    os.write(1, pickle.dumps(error))
+    os.write(1, pickle.dumps((error, same)))
 
 
 if __name__ == "__main__":
