@@ -803,7 +803,8 @@ def main(argv: list[str] | None = None) -> int:
             shutil.rmtree(work, ignore_errors=True)
     print("\n" + body)
     if not args.no_write:
-        write_section(SECTION + ("-shm" if args.shm else ""), body)
+        size = "" if args.files == 200_000 else f"-{args.files // 1000}k"
+        write_section(SECTION + size + ("-shm" if args.shm else ""), body)
         print(f"\nresults written to {RESULTS_FILE.relative_to(PROJECT_DIR)}")
     return 0
 
