@@ -19,25 +19,8 @@ from isal import isal_zlib
 
 from itsup.errors import ConfigError, IntegrityError, NotFoundError
 from itsup.manifest import Entry, Manifest
-from itsup.pipeline.codec import decode_index
 from itsup.pipeline.crypt import decrypting_reader
 from itsup.storage.base import Target
-
-
-def load_index(target: Target, manifest: Manifest, identities: list[Any]) -> bytes:
-    """Fetch the file index, check it against the manifest, decrypt it if needed."""
-    ref = manifest.index
-    try:
-        data = target.get(ref.key)
-    except NotFoundError:
-        raise IntegrityError(
-            f"{manifest.generation}: its file index {ref.key} is missing"
-        ) from None
-    if len(data) != ref.size or hashlib.sha256(data).hexdigest() != ref.sha256:
-        raise IntegrityError(
-            f"{manifest.generation}: its file index {ref.key} does not match the manifest"
-        )
-    return decode_index(data, manifest, identities)
 
 
 class IndexSpool:

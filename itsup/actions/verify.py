@@ -14,8 +14,8 @@ temporary file.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
-import io
 import math
 import os
 import random
@@ -41,9 +41,9 @@ from itsup.generation import (
     select_generation,
 )
 from itsup.host import Host
-from itsup.index import load_index
+from itsup.index import spool_index
 from itsup.lifecycle import GenerationStore
-from itsup.manifest import Entry, Manifest, ObjectRef, read_index
+from itsup.manifest import Entry, Manifest, ObjectRef
 from itsup.pipeline.check import check_archive
 from itsup.pipeline.stream import hash_stream
 from itsup.storage import Target
@@ -301,8 +301,8 @@ def _verify(
     if index_ok:
         check.bytes_read += manifest.index.size
         try:
-            raw = load_index(target, manifest, keys)
-            entries = list(read_index(io.BytesIO(raw), manifest.index.key))
+            with contextlib.closing(spool_index(target, manifest, keys)) as spool:
+                entries = list(spool.entries())
         except IntegrityError as exc:
             check.fail(exc.message)
     if not archive_ok:

@@ -28,7 +28,7 @@ from typing import IO
 from itsup.errors import IntegrityError
 from itsup.layout import DUMP_FOLDER, is_dump_path
 from itsup.pipeline.extract import check_member
-from itsup.pipeline.tarformat import _number, _parse_pax
+from itsup.pipeline.tarformat import _number, check_extended_size, read_extended
 
 BLOCK = 512
 CHUNK = 1 << 20
@@ -42,17 +42,14 @@ Header = tuple[str, bytes, int, str]  # name, type flag, data size, link target
 
 
 def _checksum_ok(block: bytes) -> bool:
-    # The sum of the block's bytes with the checksum field read as spaces. Each
-    # 256-byte half sums to at most 65,280, under Adler-32's modulus, so its A part
-    # minus one is the exact sum: two C calls instead of a loop over 512 bytes.
+    """The header checksum, whatever the field's spelling (the scanner's inline check
+    reads only the usual six digits, NUL, space)."""
     total = (zlib.adler32(block[:256]) & 0xFFFF) + (zlib.adler32(block[256:]) & 0xFFFF) - 2
-    computed = total - sum(block[148:156]) + 256
-    field = block[148:156]
     try:
-        stored = int(field.split(b"\0", 1)[0].strip() or b"-1", 8)
+        stored = int(block[148:156].split(b"\0", 1)[0].strip() or b"-1", 8)
     except ValueError:
         return False
-    return stored == computed
+    return stored == total - sum(block[148:156]) + 256
 
 
 class TarScanner:
@@ -125,7 +122,8 @@ class TarScanner:
             else:
                 self._skip()
         pax: dict[str, str] = {}
-        long_name = long_link = None
+        long_name: str | None = None
+        long_link: str | None = None
         adler32 = zlib.adler32
         while True:
             pos = self.pos
@@ -158,16 +156,10 @@ class TarScanner:
             if size < 0:
                 raise tarfile.HeaderError("negative size")
             if kind in _EXTENDED:
-                if size > 16 << 20:
-                    raise tarfile.HeaderError(f"absurd extended header of {size} bytes")
+                check_extended_size(size)
                 self.left, self.pad = size, -size % BLOCK
                 data = self.take(size)
-                if kind == tarfile.XHDTYPE:
-                    pax.update(_parse_pax(data))
-                elif kind == tarfile.GNUTYPE_LONGNAME:
-                    long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                elif kind == tarfile.GNUTYPE_LONGLINK:
-                    long_link = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                long_name, long_link = read_extended(kind, data, pax, long_name, long_link)
                 self._skip()
                 continue
             raw = block[:100]

@@ -197,6 +197,25 @@ def _parse_pax(data: bytes) -> dict[str, str]:
     return records
 
 
+def check_extended_size(size: int) -> None:
+    if size > 16 << 20:
+        raise tarfile.HeaderError(f"absurd extended header of {size} bytes")
+
+
+def read_extended(
+    kind: bytes, data: bytes, pax: dict[str, str], long_name: str | None, long_link: str | None
+) -> tuple[str | None, str | None]:
+    """Take in an extended header's content (pax records into `pax`, a GNU long name or
+    link); returns the long name and link the next member takes."""
+    if kind == tarfile.XHDTYPE:
+        pax.update(_parse_pax(data))
+    elif kind == tarfile.GNUTYPE_LONGNAME:
+        long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    elif kind == tarfile.GNUTYPE_LONGLINK:
+        long_link = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+    return long_name, long_link
+
+
 class TarReader:
     """Iterate the members of a tar stream; read each file's data before the next.
 
@@ -273,15 +292,9 @@ class TarReader:
                 tarfile.GNUTYPE_LONGNAME,
                 tarfile.GNUTYPE_LONGLINK,
             ):
-                if size > 16 << 20:
-                    raise tarfile.HeaderError(f"absurd extended header of {size} bytes")
+                check_extended_size(size)
                 data = self._read_exact(size + (-size % BLOCK))[:size]
-                if kind == tarfile.XHDTYPE:
-                    pax.update(_parse_pax(data))
-                elif kind == tarfile.GNUTYPE_LONGNAME:
-                    long_name = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
-                elif kind == tarfile.GNUTYPE_LONGLINK:
-                    long_link = data.split(b"\0", 1)[0].decode("utf-8", "surrogateescape")
+                long_name, long_link = read_extended(kind, data, pax, long_name, long_link)
                 continue
             name = block[:100].split(b"\0", 1)[0]
             if block[257:263] == b"ustar\x00" and block[345] != 0:
