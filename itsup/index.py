@@ -18,8 +18,9 @@ from typing import Any, BinaryIO
 from isal import isal_zlib
 
 from itsup.errors import ConfigError, IntegrityError, NotFoundError
-from itsup.manifest import Entry, Manifest
-from itsup.pipeline.crypt import decrypting_reader
+from itsup.manifest import Entry, IndexWriter, Manifest
+from itsup.pipeline.crypt import EncryptingWriter, decrypting_reader
+from itsup.pipeline.stream import HashingWriter
 from itsup.storage.base import Target
 
 
@@ -89,6 +90,48 @@ class IndexSpool:
                 raise IntegrityError(f"{self.what}: the file index is damaged") from None
 
     def close(self) -> None:
+        self.file.close()
+
+
+class IndexFile:
+    """The file index a backup writes, as it will be stored: gzip-compressed lines,
+    age-encrypted to `recipients` when there are any, spooled into an unlinked
+    temporary file as the archive is written. At a million files that is tens of
+    MiB a backup never holds in memory. `writer` takes the lines; after `finish`,
+    `size` and `sha256` are the stored object's and `chunks` reads it back (from
+    several threads at once: one per target)."""
+
+    def __init__(self, recipients: list[Any]) -> None:
+        # 0600 and already unlinked; closed by close()
+        self.file = tempfile.TemporaryFile(prefix="itsup-index-")  # noqa: SIM115
+        self.hashed = HashingWriter(self.file)
+        self.encrypting = EncryptingWriter(self.hashed, recipients) if recipients else None
+        self.writer = IndexWriter(self.encrypting or self.hashed)  # type: ignore[arg-type]
+        self.size = 0
+        self.sha256 = ""
+
+    def finish(self) -> None:
+        """End the index: compressed, encrypted, written out; its size and SHA-256."""
+        self.writer.close()
+        if self.encrypting is not None:
+            self.encrypting.close()
+        self.file.flush()
+        self.size, self.sha256 = self.hashed.size, self.hashed.sha256.hexdigest()
+
+    def chunks(self, size: int = 1 << 20) -> Iterator[bytes]:
+        """The stored bytes, `size` at a time, from the start."""
+        fd, offset = self.file.fileno(), 0
+        while offset < self.size:
+            chunk = os.pread(fd, min(size, self.size - offset), offset)
+            if not chunk:
+                raise OSError(f"the spooled file index ended at {offset} of {self.size} bytes")
+            offset += len(chunk)
+            yield chunk
+
+    def close(self) -> None:
+        if self.encrypting is not None and self.encrypting.worker.is_alive():
+            with contextlib.suppress(Exception):  # a failed run: stop the encrypting thread
+                self.encrypting.close()
         self.file.close()
 
 

@@ -39,16 +39,21 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from typing import TYPE_CHECKING
 
 from itsup.errors import ItsupError, NoBackupError, NotFoundError, StorageError
 from itsup.generation import LATEST, Generation, scan, select_generation
 from itsup.manifest import Manifest, ObjectRef
 from itsup.storage.base import ObjectWriter, Retention, Target
 
+if TYPE_CHECKING:
+    from itsup.index import IndexFile
+
 log = logging.getLogger("itsup.lifecycle")
 # Leftovers younger than this are left alone (see the module docstring).
 DEFAULT_ORPHAN_GRACE = 3600
 LATEST_SUFFIXES = (".tar.gz", ".tar.gz.age", ".tar", ".tar.age")
+INDEX_PUT_WHOLE = 8 << 20  # a larger file index is streamed to its target
 POINTER = f"{LATEST}.json"  # {"generation": NAME, "archive": KEY}: what `latest` copies
 # Generations deleted together: their manifests, then their indexes, then their archives
 # (on S3 one DeleteObjects each, which takes up to 1,000 keys). A run stopped half way
@@ -175,10 +180,25 @@ class GenerationStore:
         """1. The archive, streamed; nothing is visible under `key` until its commit."""
         return self.target.open_writer(key)
 
-    def put_index(self, key: str, data: bytes) -> ObjectRef:
-        """2. The file index, as it will be stored (encrypted already when asked)."""
-        self.target.put(key, data)
-        return ObjectRef(key, len(data), hashlib.sha256(data).hexdigest())
+    def put_index(self, key: str, data: bytes | IndexFile) -> ObjectRef:
+        """2. The file index, as it will be stored (encrypted already when asked): bytes,
+        or a backup's spooled IndexFile, stored whole when it is small (one put, retried
+        as any put), else streamed like an archive."""
+        if isinstance(data, bytes):
+            self.target.put(key, data)
+            return ObjectRef(key, len(data), hashlib.sha256(data).hexdigest())
+        if data.size <= INDEX_PUT_WHOLE:
+            self.target.put(key, b"".join(data.chunks()))
+        else:
+            writer = self.target.open_writer(key)
+            try:
+                for chunk in data.chunks():
+                    writer.write(chunk)
+            except BaseException:
+                writer.abort()
+                raise
+            writer.commit()
+        return ObjectRef(key, data.size, data.sha256)
 
     def commit(self, manifest: Manifest) -> None:
         """3. The manifest: from now on the generation is complete."""

@@ -200,7 +200,9 @@ def _check_format(value: Any, what: str) -> None:
 
 
 class IndexWriter:
-    """Collects index lines gzip-compressed in memory: about 45 bytes a file.
+    """Writes index lines gzip-compressed to `out`, about 45 bytes a file; in memory
+    when no `out` is given (`finish` returns the bytes). A backup's index goes to
+    a spool file instead (`index.IndexFile`), so a million files cost no memory.
 
     ISA-L's level 1 (standard gzip, read by `read_index` as ever): a tenth of
     zlib level 6's time on index lines, and smaller output.
@@ -208,9 +210,9 @@ class IndexWriter:
 
     BATCH = 2048  # lines compressed at a time: per-call overhead dominates small writes
 
-    def __init__(self) -> None:
-        self.buffer = io.BytesIO()
-        self.gz = igzip.IGzipFile(fileobj=self.buffer, mode="wb", compresslevel=1, mtime=0)
+    def __init__(self, out: IO[bytes] | None = None) -> None:
+        self.buffer = io.BytesIO() if out is None else None
+        self.gz = igzip.IGzipFile(fileobj=out or self.buffer, mode="wb", compresslevel=1, mtime=0)
         self.pending: list[str] = []
 
     def add(self, entry: Entry) -> None:
@@ -229,9 +231,15 @@ class IndexWriter:
             self.gz.write(("\n".join(self.pending) + "\n").encode("utf-8", "surrogateescape"))
             self.pending.clear()
 
-    def finish(self) -> bytes:
+    def close(self) -> None:
+        """Write what is pending and end the gzip stream (`out` stays open)."""
         self._flush()
         self.gz.close()
+
+    def finish(self) -> bytes:
+        """Close, and return the index written in memory."""
+        self.close()
+        assert self.buffer is not None, "finish() is for an index written in memory"
         return self.buffer.getvalue()
 
 

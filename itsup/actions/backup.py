@@ -49,12 +49,13 @@ from itsup.generation import (
     location,
 )
 from itsup.host import Host
+from itsup.index import IndexFile
 from itsup.layout import STATE_DIRS
 from itsup.lifecycle import GenerationStore
 from itsup.lock import host_lock
 from itsup.manifest import IndexWriter, Manifest, ObjectRef
 from itsup.pipeline.archive import Problem, Selection, Stats
-from itsup.pipeline.codec import encode, encode_index
+from itsup.pipeline.codec import encode
 from itsup.pipeline.fanout import FanOut, Sink
 from itsup.pipeline.stream import Writable
 from itsup.storage import ObjectWriter, Target
@@ -233,36 +234,42 @@ def run_backup(
 
         # 1. the archive, streamed to every target; visible under its key only once
         #    whole (and let through by the shrink guard)
-        index = IndexWriter()
-        with (
-            DumpRun(plans, host.layout.root, cfg.dump_jobs) as dumps,
-            StoppedServices(plans) as stopped,
-        ):
-            done: list[DumpRecord] = []
-
-            def after_tree() -> list[tuple[str, str, str | None]]:
-                stopped.start_again()  # the files are read: the services run again
-                records, members = dumps.wait()
-                done.extend(records)
-                return members
-
-            digest, stats, fanout = stream_archive(
-                host, ready, f"{name}{suffix}", index, recipients, on_bytes, guard,
-                plans=plans, extras=after_tree,
-            )  # fmt: skip
-        _dump_problems(stats, plans, done, stopped.problems)
-        generation = _Generation(
-            name, suffix, start_time, started, digest, stats, done,
-            encode_index(index.finish(), recipients), index_suffix(bool(recipients)),
-        )  # fmt: skip
-        # 2.-4. on each target at once: archive committed, file index, manifest (the
-        #       commit point of the generation), then the `latest` alias
+        index = IndexFile(recipients)  # spooled: never held in memory
         try:
-            _finish_targets(host, [run for run in ready if run.outcome.error is None], generation)
+            with (
+                DumpRun(plans, host.layout.root, cfg.dump_jobs) as dumps,
+                StoppedServices(plans) as stopped,
+            ):
+                done: list[DumpRecord] = []
+
+                def after_tree() -> list[tuple[str, str, str | None]]:
+                    stopped.start_again()  # the files are read: the services run again
+                    records, members = dumps.wait()
+                    done.extend(records)
+                    return members
+
+                digest, stats, fanout = stream_archive(
+                    host, ready, f"{name}{suffix}", index.writer, recipients, on_bytes, guard,
+                    plans=plans, extras=after_tree,
+                )  # fmt: skip
+            index.finish()
+            _dump_problems(stats, plans, done, stopped.problems)
+            generation = _Generation(
+                name, suffix, start_time, started, digest, stats, done,
+                index, index_suffix(bool(recipients)),
+            )  # fmt: skip
+            # 2.-4. on each target at once: archive committed, file index, manifest (the
+            #       commit point of the generation), then the `latest` alias
+            try:
+                _finish_targets(
+                    host, [run for run in ready if run.outcome.error is None], generation
+                )
+            finally:
+                if fanout is not None:  # a dropped target's upload aborts once its write returns
+                    fanout.close()
+            return _result(runs, generation, started)
         finally:
-            if fanout is not None:  # a dropped target's upload aborts once its write returns
-                fanout.close()
-        return _result(runs, generation, started)
+            index.close()
 
 
 @dataclass
@@ -294,7 +301,7 @@ class _Generation:
     archive: tuple[int, str]  # size, SHA-256
     stats: Stats
     dumps: list[DumpRecord]
-    index: bytes  # as stored (encrypted when the archive is)
+    index: IndexFile  # as stored (encrypted when the archive is)
     index_suffix: str
 
 
@@ -422,12 +429,13 @@ def _log_outcome(result: BackupResult) -> None:
     for note in stats.skipped:
         log.info("note: %s: %s", note.path, note.problem)
     log.info(
-        "backup %s finished: %d files, %d bytes stored as %d bytes in %.1f s%s",
+        "backup %s finished: %d files, %d bytes stored as %d bytes in %.1f s%s%s",
         result.generation,
         stats.files,
         stats.bytes,
         result.archive_size,
         result.seconds,
+        f" (read by {stats.readers} reader processes)" if stats.readers else "",
         " (PARTIAL)" if result.partial else "",
     )
     if len(result.targets) > 1:  # a failed one was logged as it failed

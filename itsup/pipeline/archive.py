@@ -15,17 +15,21 @@ not stat-ed before it is opened (the fstat of the open file is its stat).
 
 from __future__ import annotations
 
+import collections
 import contextlib
 import errno
 import fnmatch
 import functools
 import hashlib
+import logging
 import operator
 import os
+import pickle
 import posixpath
 import queue
 import re
 import stat
+import subprocess
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -33,9 +37,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+from itsup.errors import ItsupError
 from itsup.layout import DUMP_FOLDER
 from itsup.manifest import Entry, IndexWriter, entry_line
+from itsup.pipeline import child
 from itsup.pipeline.tarformat import encode_header
+
+log = logging.getLogger("itsup.backup")
 
 CHUNK = 1 << 20
 BLOCK = tarfile.BLOCKSIZE
@@ -47,6 +55,10 @@ _FOLDER_FLAGS = os.O_DIRECTORY | os.O_CLOEXEC | getattr(os, "O_PATH", os.O_RDONL
 ASYNC_HASH_FROM = 256 * 1024  # smaller files are hashed inline: a thread hop costs more
 SMALL = ASYNC_HASH_FROM  # files up to this size: read in one call, framed in the batch
 FLUSH = 256 * 1024  # the tar stream goes to the sink in batches of about this size
+READER_PROCESS_FROM = 1000  # entries stored in this process before reader processes start
+READERS = 2  # reader processes, on a machine with two cores or more
+READER_BATCH = 256  # entries sent to a reader at a time
+READER_BATCH_CHARS = 48 * 1024  # or fewer, so that a batch fits in the reader's pipe
 _REGTYPE = tarfile.REGTYPE
 _sha256 = hashlib.sha256
 
@@ -84,6 +96,7 @@ class Stats:
     # stored object when a reader can start there (set by codec.encode).
     extras_at: int | None = None
     extras_offset: int | None = None
+    readers: int = 0  # reader processes that read the tree beside this one
 
 
 @dataclass(frozen=True)
@@ -270,6 +283,7 @@ class TarWriter:
         sink: Sink,
         on_entry: Callable[[Entry], None],
         on_bytes: Callable[[int], None] | None = None,
+        on_lines: Callable[[list[str]], None] | None = None,
     ) -> None:
         self.sink = sink
         self.on_entry = on_entry
@@ -283,9 +297,14 @@ class TarWriter:
         self.unreported = 0  # bytes read into the batch, not yet told to on_bytes
         index = getattr(on_entry, "__self__", None)
         is_add = getattr(on_entry, "__func__", None) is IndexWriter.add
-        self.index = index if isinstance(index, IndexWriter) and is_add else None
-        # Index lines not yet handed to `index` (with the batch they describe).
-        self.lines: list[str] | None = [] if self.index is not None else None
+        if on_lines is None and isinstance(index, IndexWriter) and is_add:
+            on_lines = index.add_lines
+        self.on_lines = on_lines
+        # Index lines not yet handed to `on_lines` (with the batch they describe).
+        self.lines: list[str] | None = [] if on_lines is not None else None
+        # When set (a reader process), a file larger than SMALL is not stored here:
+        # what is gathered is flushed, then on_large(path, path on disk) is called.
+        self.on_large: Callable[[str, str], None] | None = None
 
     def _out(self, data: bytes) -> None:
         self.written += len(data)
@@ -304,12 +323,26 @@ class TarWriter:
             self.sink.write(b"".join(self.batch))
             self.batch = []
             self.batched = 0
-        if self.lines and self.index is not None:
-            self.index.add_lines(self.lines)
+        if self.lines and self.on_lines is not None:
+            self.on_lines(self.lines)
             self.lines = []
         if self.unreported:
             self.on_bytes(self.unreported)
             self.unreported = 0
+
+    def take(self, data: bytes, lines: list[str], read: int) -> None:
+        """Members stored elsewhere (a reader process): their tar stream, index lines
+        and the bytes of file data they read, in order after what came before."""
+        if data:
+            self._out(data)
+        if self.lines is not None:
+            self.lines += lines
+        else:
+            for line in lines:
+                self.on_entry(Entry.from_json(line))
+        self.unreported += read
+        if self.batched >= FLUSH:
+            self.flush()
 
     def _index(self, entry: Entry) -> None:
         if self.lines is not None:
@@ -419,6 +452,10 @@ class TarWriter:
                 )
                 return
             size = st.st_size
+            if size > SMALL and self.on_large is not None and not known:
+                self.flush()
+                self.on_large(rel, absolute)
+                return
             if size > SMALL or known:
                 self._out(_header(rel, _REGTYPE, st, size=size))
                 changed, failed, hexdigest = self._copy(rel, fd, size, stats, known)
@@ -555,6 +592,127 @@ def _read_rest(
     return b"".join(parts), short, failed
 
 
+class _Readers:
+    """Reader processes (`reader.py`): batches of walked entries out, in turn; their
+    tar stream, index lines and problems back, taken in the walk's order."""
+
+    def __init__(self, writer: TarWriter, stats: Stats, processes: int) -> None:
+        self.writer = writer
+        self.stats = stats
+        self.procs: list[subprocess.Popen[bytes]] = []
+        try:
+            for _ in range(processes):
+                self.procs.append(child.start("itsup.pipeline.reader"))
+        except OSError:
+            self.close()
+            raise
+        self.turn = 0
+        self.pending: collections.deque[tuple[subprocess.Popen[bytes], list[Any]]]
+        self.pending = collections.deque()
+        self.batch: list[tuple[str, str, os.stat_result | None]] = []
+        self.chars = 0
+
+    def add(self, rel: str, absolute: str, st: os.stat_result | None, _stats: Stats) -> None:
+        """Store one walked entry (as `TarWriter.add`, for the walk's loop)."""
+        self.batch.append((rel, absolute, st))
+        self.chars += len(absolute)
+        if len(self.batch) >= READER_BATCH or self.chars >= READER_BATCH_CHARS:
+            self._submit()
+
+    def _submit(self) -> None:
+        # At most two batches a reader: one being read, one waiting in its pipe,
+        # which holds it whole (READER_BATCH_CHARS), so sending never blocks.
+        while len(self.pending) >= 2 * len(self.procs):
+            self._take_one()
+        proc = self.procs[self.turn]
+        self.turn = (self.turn + 1) % len(self.procs)
+        assert proc.stdin is not None
+        try:
+            child.send(proc.stdin.fileno(), self.batch)
+        except BrokenPipeError:
+            raise self._failed(proc) from None
+        self.pending.append((proc, self.batch))
+        self.batch, self.chars = [], 0
+
+    def _take_one(self) -> None:
+        """Take the oldest batch's frames, in order, until its end."""
+        proc, items = self.pending.popleft()
+        assert proc.stdout is not None
+        fd = proc.stdout.fileno()
+        writer, stats = self.writer, self.stats
+        while True:
+            try:
+                message = child.receive(fd)
+                kind = message[0]
+                if kind == "data":
+                    _, size, lines, read, problems, skipped = message
+                    writer.take(child.read_exactly(fd, size), lines, read)
+                    stats.problems += [Problem(*p) for p in problems]
+                    stats.skipped += [Problem(*p) for p in skipped]
+                    continue
+            except (EOFError, TypeError, IndexError):
+                raise self._failed(proc) from None
+            if kind == "large":
+                rel, absolute, _st = items[message[1]]
+                writer.add(rel, absolute, None, stats)
+            elif kind == "end":
+                _, files, dirs, symlinks, read = message
+                stats.files += files
+                stats.dirs += dirs
+                stats.symlinks += symlinks
+                stats.bytes += read
+                return
+            else:
+                raise self._failed(proc, message)
+
+    def _failed(self, proc: subprocess.Popen[bytes], message: Any = None) -> Exception:
+        """The error a reader that stopped early is reported with."""
+        if message is None:
+            assert proc.stdout is not None
+            with contextlib.suppress(EOFError, OSError, ValueError, pickle.UnpicklingError):
+                while message is None or message[0] != "error":
+                    message = child.receive(proc.stdout.fileno())
+        if message is not None and message[0] == "error":
+            _, number, text, name = message
+            if number is not None:
+                return OSError(number, text, name)
+            return ItsupError(f"the backup's file reader process failed: {text}")
+        proc.kill()
+        return ItsupError(f"the backup's file reader process stopped (exit {proc.wait()})")
+
+    def finish(self) -> None:
+        """Send what is gathered, take every batch back, end the readers."""
+        if self.batch:
+            self._submit()
+        while self.pending:
+            self._take_one()
+        for proc in self.procs:
+            assert proc.stdin is not None
+            with contextlib.suppress(OSError):
+                child.send_end(proc.stdin.fileno())
+                proc.stdin.close()
+        for proc in self.procs:
+            if proc.wait() != 0:
+                raise self._failed(proc)
+
+    def close(self) -> None:
+        """Stop any reader still running (after a failure: nothing left to wait for)."""
+        for proc in self.procs:
+            if proc.poll() is None:
+                proc.kill()
+            proc.wait()
+            for pipe in (proc.stdin, proc.stdout):
+                if pipe is not None:
+                    with contextlib.suppress(OSError):
+                        pipe.close()
+
+
+def reader_processes() -> int:
+    """How many reader processes a large tree gets: none on a single core."""
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    return 0 if (cores or 1) < 2 else READERS
+
+
 def write_archive(
     root: Path,
     selection: Selection,
@@ -562,9 +720,14 @@ def write_archive(
     on_entry: Callable[[Entry], None],
     on_bytes: Callable[[int], None] | None = None,
     extras: Callable[[], list[tuple[str, str, str | None]]] | None = None,
+    readers: int | None = None,
+    readers_from: int = READER_PROCESS_FROM,
 ) -> Stats:
     """Stream the selected tree into `sink` as a tar archive; return what was stored.
 
+    From the `readers_from`-th entry on, `readers` reader processes
+    (default: `reader_processes()`) store the walked entries and this process
+    takes their output in order (the same bytes, the same index lines).
     `extras`, called once the tree is written, gives more members as (archive
     path, path on disk, SHA-256 if known), added after it in that order: a
     backup's database dumps.
@@ -573,10 +736,32 @@ def write_archive(
     """
     stats = Stats()
     writer = TarWriter(sink, on_entry, on_bytes)
+    processes = reader_processes() if readers is None else readers
+    pool: _Readers | None = None
+    add: Callable[[str, str, os.stat_result | None, Stats], None]
     try:
         add = writer.add
-        for rel, absolute, st in walk(root, selection, stats):
+        entries = walk(root, selection, stats)
+        if processes:
+            for n, (rel, absolute, st) in enumerate(entries):
+                add(rel, absolute, st, stats)
+                if n + 1 >= readers_from:
+                    writer.flush()
+                    try:
+                        pool = _Readers(writer, stats, processes)
+                    except OSError as exc:  # no process to spare: read here, as ever
+                        log.warning(
+                            "file reader processes did not start (%s); reading in this process",
+                            exc.strerror or exc,
+                        )
+                        break
+                    stats.readers = processes
+                    add = pool.add
+                    break
+        for rel, absolute, st in entries:
             add(rel, absolute, st, stats)
+        if pool is not None:
+            pool.finish()
         more = extras() if extras is not None else []
         if more:
             # The extras begin a stream of their own (a new gzip member), so that a
@@ -587,8 +772,10 @@ def write_archive(
             if new_member is not None:
                 new_member()
         for rel, absolute, sha256 in more:
-            add(rel, absolute, os.lstat(absolute), stats, sha256)
+            writer.add(rel, absolute, os.lstat(absolute), stats, sha256)
         writer.finish()
     finally:
+        if pool is not None:
+            pool.close()
         writer.close()
     return stats

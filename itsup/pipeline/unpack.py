@@ -22,15 +22,11 @@ from __future__ import annotations
 
 import contextlib
 import errno
-import fcntl
 import os
 import pickle
 import posixpath
 import queue
 import stat
-import struct
-import subprocess
-import sys
 import tarfile
 import threading
 from collections.abc import Callable, Iterator
@@ -41,6 +37,7 @@ from typing import IO, Any
 
 from itsup.errors import IntegrityError, ItsupError
 from itsup.manifest import Record, parse_record
+from itsup.pipeline import child
 from itsup.pipeline.extract import link_leaves, outward_links, refuse_outward, refused_link
 from itsup.pipeline.members import DIR, FILE, SYMLINK, PathRules, TarScanner
 from itsup.pipeline.writer import write_files
@@ -86,32 +83,6 @@ class ExtractStats:
 
 # (path below staging, data, mode, mtime_ns, uid, gid, live copy or None) of one small file
 _Job = tuple[str, bytes, int, int, int, int, bytes | None]
-_LENGTH = struct.Struct("<Q")
-_SET_PIPE_SIZE = getattr(fcntl, "F_SETPIPE_SZ", 1031)
-
-
-def _start_writer() -> subprocess.Popen[bytes]:
-    """A writer process (writer.py), isolated (-I: nothing from the current folder or
-    the environment's Python settings is imported), its input pipe enlarged."""
-    proc = subprocess.Popen(
-        [sys.executable, "-I", "-c", "from itsup.pipeline.writer import main; main()"],
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        cwd="/",
-        bufsize=0,
-    )
-    assert proc.stdin is not None
-    with contextlib.suppress(OSError):
-        fcntl.fcntl(proc.stdin.fileno(), _SET_PIPE_SIZE, 1 << 20)
-    return proc
-
-
-def _send(proc: subprocess.Popen[bytes], data: bytes) -> None:
-    assert proc.stdin is not None
-    fd = proc.stdin.fileno()
-    view = memoryview(data)
-    while view:
-        view = view[os.write(fd, view) :]
 
 
 class Unpacker:
@@ -150,7 +121,7 @@ class Unpacker:
             lambda: (parse_record(line, "the manifest's index")[0] for line in index())
         )
         self.pool = ThreadPoolExecutor(workers, thread_name_prefix="restore-write")
-        self.writers = [_start_writer() for _ in range(processes)]
+        self.writers = [child.start("itsup.pipeline.writer") for _ in range(processes)]
         self.turn = 0
         self.budget = _ByteBudget(INFLIGHT_BYTES)
         self.large: queue.SimpleQueue[tuple[str, Any, int]] = queue.SimpleQueue()
@@ -192,11 +163,11 @@ class Unpacker:
     def _flush_batch(self) -> None:
         if self.batch and self.writers:
             owner = self.owner if self.restore_owner else None
-            payload = pickle.dumps((self.staging + b"/", owner, self.batch), protocol=5)
             proc = self.writers[self.turn]
             self.turn = (self.turn + 1) % len(self.writers)
             try:
-                _send(proc, _LENGTH.pack(len(payload)) + payload)
+                assert proc.stdin is not None
+                child.send(proc.stdin.fileno(), (self.staging + b"/", owner, self.batch))
             except BrokenPipeError:  # it stopped: its answer says why
                 self._stop_writers()
                 raise ItsupError("the restore's writer process stopped early") from None
@@ -342,7 +313,8 @@ class Unpacker:
         first: BaseException | None = None
         for proc in self.writers:
             with contextlib.suppress(OSError):
-                _send(proc, _LENGTH.pack(0))
+                assert proc.stdin is not None
+                child.send_end(proc.stdin.fileno())
             assert proc.stdin is not None and proc.stdout is not None
             with contextlib.suppress(OSError):
                 proc.stdin.close()

@@ -26,12 +26,12 @@ import os
 import pickle
 import signal
 import stat
-import struct
 from typing import Any
+
+from itsup.pipeline import child
 
 _CREATE = os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | getattr(os, "O_CLOEXEC", 0)
 _READ = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
-_LENGTH = struct.Struct("<Q")
 
 
 def write_files(base: bytes, owner: tuple[int, int] | None, jobs: list[Any], umask: int) -> int:
@@ -89,17 +89,6 @@ def _unchanged(
         os.close(fd)
 
 
-def _read_exactly(fd: int, n: int) -> bytes:
-    parts, have = [], 0
-    while have < n:
-        part = os.read(fd, min(n - have, 1 << 20))
-        if not part:
-            raise EOFError
-        parts.append(part)
-        have += len(part)
-    return b"".join(parts)
-
-
 def main() -> None:
     """The writer process: batches from stdin, the answer on stdout."""
     # The parent decides when to stop: a Ctrl-C reaches the whole process group,
@@ -110,14 +99,10 @@ def main() -> None:
     error: tuple[int, str, str | None] | None = None
     same = 0
     try:
-        while True:
-            (length,) = _LENGTH.unpack(_read_exactly(0, _LENGTH.size))
-            if not length:
-                break
-            payload = _read_exactly(0, length)
+        while (batch := child.receive(0)) is not None:
             if error is not None:
                 continue
-            base, owner, jobs = pickle.loads(payload)
+            base, owner, jobs = batch
             try:
                 same += write_files(base, owner, jobs, umask)
             except OSError as exc:
@@ -129,7 +114,7 @@ def main() -> None:
                 )
     except EOFError:
         error = error or (0, "the restore stopped sending", None)
-    os.write(1, pickle.dumps((error, same)))
+    child.write_all(1, pickle.dumps((error, same)))
 
 
 if __name__ == "__main__":

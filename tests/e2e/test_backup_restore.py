@@ -316,8 +316,10 @@ def test_many_small_files_round_trip_through_the_writer_process(
     new_host: HostFactory, tmp_path: Path
 ) -> None:
     """From WRITER_PROCESS_FROM paths on, small files are written by a process of
-    their own: contents, modes (setuid included), owners and mtimes all come back."""
+    their own, and read by reader processes when backed up: contents, modes (setuid
+    included), owners and mtimes all come back."""
     from itsup.actions.restore import WRITER_PROCESS_FROM
+    from itsup.pipeline.archive import reader_processes
 
     store = new_host()
     root = store.root
@@ -331,6 +333,8 @@ def test_many_small_files_round_trip_through_the_writer_process(
     assert tree_state(out) == before
     log = (root / "logs" / "backup.log").read_text()
     assert "small files written by 1 writer process(es)" in log
+    readers = reader_processes()  # two here; none on a single core
+    assert f"(read by {readers} reader processes)" in log or not readers
     # In place, after damage to a few: the rest are left alone, the few repaired.
     mail = root / "upstream/app/volumes/mail/d01"
     for victim in sorted(mail.iterdir())[:3]:

@@ -214,3 +214,110 @@ def test_extras_start_where_the_sink_starts_a_new_member(tmp_path: Path) -> None
     assert stats.extras_at is not None
     ((info, body),) = members(data[stats.extras_at :])
     assert (info.name, body) == ("dumps/db.sql", dump.read_bytes())
+
+
+# -- reader processes ---------------------------------------------------------------
+
+
+def outcome(stats: Stats) -> tuple[Any, ...]:
+    return (
+        stats.files, stats.dirs, stats.symlinks, stats.bytes,
+        [p.as_dict() for p in stats.problems], [p.as_dict() for p in stats.skipped],
+    )  # fmt: skip
+
+
+def add_specials(root: Path) -> None:
+    """Entries a reader process notes rather than stores, between ordinary files."""
+    top = root / "proxy"
+    os.mkfifo(top / "sub" / "fifo")
+    os.symlink("/etc/hostname", top / "sub" / "outward")
+    for i in range(40):  # enough for several batches and frames
+        (top / "sub" / f"many-{i:03}").write_bytes(os.urandom(i * 97))
+
+
+@pytest.mark.parametrize("readers", [1, 2])
+def test_reader_processes_store_the_very_same_archive_and_index(
+    tmp_path: Path, readers: int
+) -> None:
+    """Large trees are read by reader processes: the same bytes, index and account as in
+    one process, large files (handed back to the backup's process) in their place."""
+    make_tree(tmp_path)
+    add_specials(tmp_path)
+    alone, data, index = run(tmp_path, readers=0)
+    spread, spread_data, spread_index = run(tmp_path, readers=readers, readers_from=3)
+    assert spread_data == data
+    assert gzip.decompress(spread_index.finish()) == gzip.decompress(index.finish())
+    assert outcome(spread) == outcome(alone)
+    assert any("FIFO skipped" in p["problem"] for p in outcome(spread)[5])
+    assert any("outside the backup" in p["problem"] for p in outcome(spread)[5])
+
+
+def test_reader_processes_hand_entries_to_any_on_entry(tmp_path: Path) -> None:
+    """Without an IndexWriter the lines from the readers become the same Entries."""
+    make_tree(tmp_path)
+    alone: list[Entry] = []
+    spread: list[Entry] = []
+    _, data, _ = run(tmp_path, alone.append, readers=0)
+    _, spread_data, _ = run(tmp_path, spread.append, readers=2, readers_from=1)
+    assert spread_data == data
+    assert spread == alone and len(alone) > 10
+
+
+def readers_for(tmp_path: Path, processes: int = 1) -> tuple[Any, Stats, io.BytesIO, IndexWriter]:
+    sink = io.BytesIO()
+    index = IndexWriter()
+    writer = archive.TarWriter(sink, index.add)
+    stats = Stats()
+    return archive._Readers(writer, stats, processes), stats, sink, index
+
+
+def test_a_file_gone_before_a_reader_opens_it_is_a_problem_not_a_failure(tmp_path: Path) -> None:
+    (tmp_path / "here").write_bytes(b"here\n")
+    pool, stats, sink, _ = readers_for(tmp_path)
+    try:
+        pool.add("proxy/gone", str(tmp_path / "gone"), None, stats)
+        pool.add("proxy/here", str(tmp_path / "here"), None, stats)
+        pool.finish()
+    finally:
+        pool.close()
+    assert [p.as_dict() for p in stats.problems] == [
+        {"path": "proxy/gone", "problem": "vanished before it could be read"}
+    ]
+    assert (stats.files, stats.bytes) == (1, 5)
+    pool.writer.flush()
+    ((info, content),) = members(sink.getvalue() + bytes(2 * BLOCK))
+    assert (info.name, content) == ("proxy/here", b"here\n")
+
+
+def test_a_reader_process_that_dies_fails_the_archive_with_a_clear_error(tmp_path: Path) -> None:
+    from itsup.errors import ItsupError
+
+    (tmp_path / "f").write_bytes(b"x")
+    pool, stats, _, _ = readers_for(tmp_path)
+    try:
+        pool.procs[0].kill()
+        pool.procs[0].wait()
+        with pytest.raises((ItsupError, BrokenPipeError)) as caught:
+            for _ in range(3):
+                pool.add("proxy/f", str(tmp_path / "f"), None, stats)
+            pool.finish()
+    finally:
+        pool.close()
+    assert isinstance(caught.value, ItsupError)
+    assert "file reader process stopped (exit -9)" in str(caught.value)
+
+
+def test_without_reader_processes_the_backup_reads_in_its_own_process(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A host that cannot start a process (limits, memory) still gets its backup."""
+    make_tree(tmp_path)
+    _, data, _ = run(tmp_path, readers=0)
+
+    def refuse(module: str) -> Any:
+        raise OSError(errno.EAGAIN, os.strerror(errno.EAGAIN))
+
+    monkeypatch.setattr(archive.child, "start", refuse)
+    stats, same, _ = run(tmp_path, readers=2, readers_from=1)
+    assert same == data and not stats.problems
+    assert "file reader processes did not start" in caplog.text

@@ -16,6 +16,7 @@ import os
 import re
 import subprocess
 import zlib
+from pathlib import Path
 
 import pytest
 from hypothesis import given
@@ -197,3 +198,39 @@ def test_bit_rot_anywhere_in_the_index_is_refused() -> None:
     for at in range(10, len(GOOD) - 8, 13):  # past the gzip header, up to the trailer
         with pytest.raises(IntegrityError):
             read_back(flip(GOOD, at))
+
+
+@pytest.mark.parametrize("encrypted", [False, True])
+def test_a_backups_index_is_spooled_then_stored_whole_or_streamed(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, encrypted: bool
+) -> None:
+    """A backup's index never sits in memory: written to a spool file (encrypted as it
+    is written when asked), then stored in one put, or streamed when it is large; the
+    stored object is the spool's bytes, with the size and SHA-256 the manifest gets."""
+    from itsup import lifecycle
+    from itsup.agekeys import pyrage_module
+    from itsup.index import IndexFile
+    from itsup.storage.local import LocalTarget
+
+    pyrage = pyrage_module()
+    identity = pyrage.x25519.Identity.generate()
+    entries = many(3 * BATCH + 1)
+    index = IndexFile([identity.to_public()] if encrypted else [])
+    try:
+        for entry in entries:
+            index.writer.add(entry)
+        index.finish()
+        assert b"".join(index.chunks(1000)) == b"".join(index.chunks())
+        store = lifecycle.GenerationStore(LocalTarget(tmp_path), "")
+        whole = store.put_index("whole", index)
+        monkeypatch.setattr(lifecycle, "INDEX_PUT_WHOLE", 1000)
+        streamed = store.put_index("streamed", index)
+    finally:
+        index.close()
+    for ref in (whole, streamed):
+        data = (tmp_path / ref.key).read_bytes()
+        assert (len(data), hashlib.sha256(data).hexdigest()) == (ref.size, ref.sha256)
+        assert (ref.size, ref.sha256) == (index.size, index.sha256)
+        assert data.startswith(b"age-encryption.org/") == encrypted
+        plain = pyrage.decrypt(data, [identity]) if encrypted else data
+        assert read_back(plain) == entries
