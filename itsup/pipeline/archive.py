@@ -735,6 +735,7 @@ def write_archive(
     has one: the gzip stage), and `stats.extras_at` notes their tar offset.
     """
     stats = Stats()
+    root = Path(os.path.abspath(root))  # reader processes run in "/"
     writer = TarWriter(sink, on_entry, on_bytes)
     processes = reader_processes() if readers is None else readers
     pool: _Readers | None = None

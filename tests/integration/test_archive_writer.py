@@ -321,3 +321,14 @@ def test_without_reader_processes_the_backup_reads_in_its_own_process(
     stats, same, _ = run(tmp_path, readers=2, readers_from=1)
     assert same == data and not stats.problems
     assert "file reader processes did not start" in caplog.text
+
+
+def test_reader_processes_read_a_tree_given_by_a_relative_path(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Readers run in "/": the tree's paths reach them absolute, whatever the caller gave."""
+    make_tree(tmp_path)
+    _, data, _ = run(tmp_path, readers=0)
+    monkeypatch.chdir(tmp_path)
+    stats, same, _ = run(Path("."), readers=1, readers_from=1)
+    assert same == data and not stats.problems
