@@ -650,8 +650,13 @@ class _Readers:
                     stats.problems += [Problem(*p) for p in problems]
                     stats.skipped += [Problem(*p) for p in skipped]
                     continue
-            except (EOFError, TypeError, IndexError):
+            except EOFError:  # it ended: what it said last says why
                 raise self._failed(proc) from None
+            except (TypeError, IndexError, ValueError, pickle.UnpicklingError):
+                proc.kill()  # out of step with it: nothing more it sends is read
+                raise ItsupError(
+                    "the backup's file reader process sent a malformed answer"
+                ) from None
             if kind == "large":
                 rel, absolute, _st = items[message[1]]
                 writer.add(rel, absolute, None, stats)
@@ -666,12 +671,10 @@ class _Readers:
                 raise self._failed(proc, message)
 
     def _failed(self, proc: subprocess.Popen[bytes], message: Any = None) -> Exception:
-        """The error a reader that stopped early is reported with."""
+        """The error a reader that stopped early (its input or output closed) is
+        reported with: its last word when it said one."""
         if message is None:
-            assert proc.stdout is not None
-            with contextlib.suppress(EOFError, OSError, ValueError, pickle.UnpicklingError):
-                while message is None or message[0] != "error":
-                    message = child.receive(proc.stdout.fileno())
+            message = _last_word(proc)
         if message is not None and message[0] == "error":
             _, number, text, name = message
             if number is not None:
@@ -705,6 +708,21 @@ class _Readers:
                 if pipe is not None:
                     with contextlib.suppress(OSError):
                         pipe.close()
+
+
+def _last_word(proc: subprocess.Popen[bytes]) -> Any:
+    """The error frame a reader that stopped sent, if any: what is left in its pipe is
+    read frame by frame as the protocol has it, a data frame's tar bytes skipped
+    unread, so no byte of a backed-up file is ever taken for a frame."""
+    assert proc.stdout is not None
+    fd = proc.stdout.fileno()
+    with contextlib.suppress(EOFError, OSError, ValueError, TypeError, pickle.UnpicklingError):
+        while (message := child.receive(fd)) is not None:
+            if message[0] == "data":
+                child.read_exactly(fd, message[1])
+            elif message[0] == "error":
+                return message
+    return None
 
 
 def reader_processes() -> int:

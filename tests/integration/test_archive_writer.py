@@ -332,3 +332,34 @@ def test_reader_processes_read_a_tree_given_by_a_relative_path(
     monkeypatch.chdir(tmp_path)
     stats, same, _ = run(Path("."), readers=1, readers_from=1)
     assert same == data and not stats.problems
+
+
+class Evil:
+    """Unpickling this makes a folder: a file holding its pickle must never be loaded."""
+
+    def __init__(self, marker: Path) -> None:
+        self.marker = marker
+
+    def __reduce__(self) -> Any:
+        return (os.mkdir, (str(self.marker),))
+
+
+def test_a_stopped_readers_pipe_is_read_as_frames_never_file_bytes(tmp_path: Path) -> None:
+    """What a reader that stopped left in its pipe is read for its error frame, as
+    the protocol has it: the tar bytes after a data frame (a backed-up file's content,
+    here crafted to look like a frame) are skipped, never unpickled."""
+    import pickle
+
+    from itsup.pipeline import child
+
+    marker = tmp_path / "unpickled"
+    crafted = pickle.dumps(Evil(marker))
+    content = child.LENGTH.pack(len(crafted)) + crafted
+    read_fd, write_fd = os.pipe()
+    child.send(write_fd, ("data", len(content), [], len(content), [], []), content)
+    child.send(write_fd, ("error", None, "RuntimeError: boom", None))
+    os.close(write_fd)
+    with os.fdopen(read_fd, "rb") as stdout:
+        said = archive._last_word(types.SimpleNamespace(stdout=stdout))  # type: ignore[arg-type]
+    assert said == ("error", None, "RuntimeError: boom", None)
+    assert not marker.exists()
