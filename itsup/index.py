@@ -109,9 +109,11 @@ class IndexFile:
         self.writer = IndexWriter(self.encrypting or self.hashed)  # type: ignore[arg-type]
         self.size = 0
         self.sha256 = ""
+        self.finished = False
 
     def finish(self) -> None:
         """End the index: compressed, encrypted, written out; its size and SHA-256."""
+        self.finished = True
         self.writer.close()
         if self.encrypting is not None:
             self.encrypting.close()
@@ -129,7 +131,7 @@ class IndexFile:
             yield chunk
 
     def close(self) -> None:
-        if self.encrypting is not None and self.encrypting.worker.is_alive():
+        if self.encrypting is not None and not self.finished:
             with contextlib.suppress(Exception):  # a failed run: stop the encrypting thread
                 self.encrypting.close()
         self.file.close()

@@ -212,7 +212,9 @@ class IndexWriter:
 
     def __init__(self, out: IO[bytes] | None = None) -> None:
         self.buffer = io.BytesIO() if out is None else None
-        self.gz = igzip.IGzipFile(fileobj=out or self.buffer, mode="wb", compresslevel=1, mtime=0)
+        self.gz = igzip.IGzipFile(
+            fileobj=self.buffer if out is None else out, mode="wb", compresslevel=1, mtime=0
+        )
         self.pending: list[str] = []
 
     def add(self, entry: Entry) -> None:

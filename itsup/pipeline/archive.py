@@ -57,8 +57,7 @@ SMALL = ASYNC_HASH_FROM  # files up to this size: read in one call, framed in th
 FLUSH = 256 * 1024  # the tar stream goes to the sink in batches of about this size
 READER_PROCESS_FROM = 1000  # entries stored in this process before reader processes start
 READERS = 2  # reader processes, on a machine with two cores or more
-READER_BATCH = 256  # entries sent to a reader at a time
-READER_BATCH_CHARS = 48 * 1024  # or fewer, so that a batch fits in the reader's pipe
+READER_BATCH = 256  # entries sent to a reader at a time (fewer if they fill its pipe)
 _REGTYPE = tarfile.REGTYPE
 _sha256 = hashlib.sha256
 
@@ -284,6 +283,7 @@ class TarWriter:
         on_entry: Callable[[Entry], None],
         on_bytes: Callable[[int], None] | None = None,
         on_lines: Callable[[list[str]], None] | None = None,
+        on_large: Callable[[str, str], None] | None = None,
     ) -> None:
         self.sink = sink
         self.on_entry = on_entry
@@ -302,9 +302,9 @@ class TarWriter:
         self.on_lines = on_lines
         # Index lines not yet handed to `on_lines` (with the batch they describe).
         self.lines: list[str] | None = [] if on_lines is not None else None
-        # When set (a reader process), a file larger than SMALL is not stored here:
+        # When given (a reader process), a file larger than SMALL is not stored here:
         # what is gathered is flushed, then on_large(path, path on disk) is called.
-        self.on_large: Callable[[str, str], None] | None = None
+        self.on_large = on_large
 
     def _out(self, data: bytes) -> None:
         self.written += len(data)
@@ -606,33 +606,46 @@ class _Readers:
         except OSError:
             self.close()
             raise
+        # The most a batch may take in a reader's pipe (see _send).
+        self.room = min(child.capacity(p.stdin.fileno()) for p in self.procs if p.stdin)
+        self.room -= child.LENGTH.size
         self.turn = 0
         self.pending: collections.deque[tuple[subprocess.Popen[bytes], list[Any]]]
         self.pending = collections.deque()
         self.batch: list[tuple[str, str, os.stat_result | None]] = []
-        self.chars = 0
 
     def add(self, rel: str, absolute: str, st: os.stat_result | None, _stats: Stats) -> None:
         """Store one walked entry (as `TarWriter.add`, for the walk's loop)."""
         self.batch.append((rel, absolute, st))
-        self.chars += len(absolute)
-        if len(self.batch) >= READER_BATCH or self.chars >= READER_BATCH_CHARS:
-            self._submit()
+        if len(self.batch) >= READER_BATCH:
+            self._send(self.batch)
+            self.batch = []
 
-    def _submit(self) -> None:
-        # At most two batches a reader: one being read, one waiting in its pipe,
-        # which holds it whole (READER_BATCH_CHARS), so sending never blocks.
+    def _send(self, batch: list[tuple[str, str, os.stat_result | None]]) -> None:
+        """Send `batch` to the next reader, in halves while it would not fit its pipe.
+
+        A reader holds at most two batches: one it stores, one waiting in its pipe.
+        A batch that did not fit whole would block this process on the write while
+        the reader blocks on giving back the batch before it: neither would move.
+        (Pipes are 1 MiB when enlarging them works; the kernel's 64 KiB, or less
+        where a user has used up its pipe pages, holds fewer entries with long
+        names.)"""
+        payload = pickle.dumps(batch, protocol=5)
+        if len(payload) > self.room and len(batch) > 1:
+            half = len(batch) // 2
+            self._send(batch[:half])
+            self._send(batch[half:])
+            return
         while len(self.pending) >= 2 * len(self.procs):
             self._take_one()
         proc = self.procs[self.turn]
         self.turn = (self.turn + 1) % len(self.procs)
         assert proc.stdin is not None
         try:
-            child.send(proc.stdin.fileno(), self.batch)
+            child.send_pickled(proc.stdin.fileno(), payload)
         except BrokenPipeError:
             raise self._failed(proc) from None
-        self.pending.append((proc, self.batch))
-        self.batch, self.chars = [], 0
+        self.pending.append((proc, batch))
 
     def _take_one(self) -> None:
         """Take the oldest batch's frames, in order, until its end."""
@@ -686,7 +699,8 @@ class _Readers:
     def finish(self) -> None:
         """Send what is gathered, take every batch back, end the readers."""
         if self.batch:
-            self._submit()
+            self._send(self.batch)
+            self.batch = []
         while self.pending:
             self._take_one()
         for proc in self.procs:

@@ -25,6 +25,7 @@ from typing import Any
 LENGTH = struct.Struct("<Q")
 PIPE_SIZE = 1 << 20
 _SET_PIPE_SIZE = getattr(fcntl, "F_SETPIPE_SZ", 1031)
+_GET_PIPE_SIZE = getattr(fcntl, "F_GETPIPE_SZ", 1032)
 
 
 def start(module: str) -> subprocess.Popen[bytes]:
@@ -41,6 +42,15 @@ def start(module: str) -> subprocess.Popen[bytes]:
         with contextlib.suppress(OSError):
             fcntl.fcntl(pipe.fileno(), _SET_PIPE_SIZE, PIPE_SIZE)
     return proc
+
+
+def capacity(fd: int) -> int:
+    """What the pipe `fd` holds: 1 MiB when enlarging it worked, else the kernel's
+    size (64 KiB, or a page where the user has used up pipe-user-pages-soft)."""
+    try:
+        return int(fcntl.fcntl(fd, _GET_PIPE_SIZE))
+    except OSError:
+        return 4096
 
 
 def write_all(fd: int, *parts: bytes) -> None:
@@ -71,7 +81,11 @@ def read_exactly(fd: int, n: int) -> bytes:
 def send(fd: int, message: Any, data: bytes = b"") -> None:
     """One frame: `message` pickled; `data`, when given, follows it unpickled (the
     message says how long it is)."""
-    payload = pickle.dumps(message, protocol=5)
+    send_pickled(fd, pickle.dumps(message, protocol=5), data)
+
+
+def send_pickled(fd: int, payload: bytes, data: bytes = b"") -> None:
+    """`send` of a message already pickled (`payload`)."""
     write_all(fd, LENGTH.pack(len(payload)) + payload, data)
 
 

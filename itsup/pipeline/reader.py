@@ -92,8 +92,9 @@ def serve(fd_in: int, fd_out: int) -> None:
     """Answer batches from `fd_in` on `fd_out` until the zero-length frame."""
     stats = Stats()
     frames = _Frames(fd_out, stats)
-    writer = TarWriter(frames, _no_entry, frames.count, on_lines=frames.add_lines)
-    writer.on_large = frames.large
+    writer = TarWriter(
+        frames, _no_entry, frames.count, on_lines=frames.add_lines, on_large=frames.large
+    )
     try:
         while (batch := child.receive(fd_in)) is not None:
             add = writer.add

@@ -363,3 +363,32 @@ def test_a_stopped_readers_pipe_is_read_as_frames_never_file_bytes(tmp_path: Pat
         said = archive._last_word(types.SimpleNamespace(stdout=stdout))  # type: ignore[arg-type]
     assert said == ("error", None, "RuntimeError: boom", None)
     assert not marker.exists()
+
+
+def test_readers_keep_moving_when_their_pipes_cannot_be_enlarged(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A host where pipes stay at the kernel's 64 KiB (enlarging refused): a batch of long
+    names that did not fit a reader's pipe would block the backup and the reader on each
+    other for ever. Batches are sent in halves until they fit."""
+    import threading
+
+    from itsup.pipeline import child
+
+    top = tmp_path / "proxy" / ("d" * 100)
+    top.mkdir(parents=True)
+    for i in range(600):
+        (top / f"{'n' * 200}{i:04}").write_bytes(b"x" * (i % 50))
+    _, data, _ = run(tmp_path, readers=0)
+    monkeypatch.setattr(child, "_SET_PIPE_SIZE", -1)  # every F_SETPIPE_SZ fails
+    got: dict[str, Any] = {}
+
+    def spread() -> None:
+        got["out"] = run(tmp_path, readers=2, readers_from=1)
+
+    worker = threading.Thread(target=spread, daemon=True)
+    worker.start()
+    worker.join(60)
+    assert not worker.is_alive(), "the backup and its readers wait on each other"
+    stats, same, _ = got["out"]
+    assert same == data and stats.files == 600
